@@ -1,0 +1,35 @@
+# The README's two commands: `make reproduce` (set up, then run every notebook on the cpu profile)
+# and `make test` (set up, then unit tests + nbval over every notebook on the smoke profile).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-stamp
+PROFILE ?= cpu
+
+.PHONY: setup reproduce test unit nbval report clean-smoke
+
+setup: $(STAMP)
+
+# Re-runs only when the pins or the package metadata change, so a second `make setup` takes seconds.
+$(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c requirements.lock.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name invar-rag --display-name "invar-rag (.venv)" >/dev/null
+	touch $@
+
+reproduce: setup
+	$(VENV)/bin/invar-rag reproduce --profile $(PROFILE)
+
+test: unit nbval
+
+unit: setup
+	$(PY) -m pytest tests
+
+nbval: setup
+	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+clean-smoke:
+	rm -rf build data/processed/smoke

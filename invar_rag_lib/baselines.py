@@ -1,0 +1,85 @@
+"""BM25 and MiniLM retrieval over the benchmark corpus, scored with the shared harness.
+
+Runs (top-`max(ks)` passage ids per question) are saved under `data/runs/<profile>/`: they are the
+coarse candidates `K(q)` of later stages and the passages of the `bm25-rag` / `minilm-rag` rows.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from .config import Profile
+from .data import Benchmark
+from .io_utils import atomic_write_json
+from .paths import cache_dir, runs_dir
+from .retrieval.bm25 import BM25Retriever
+from .retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
+from .retrieval.harness import evaluate_run, paired_pvalue_at_k
+
+
+def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Corpus ids, what the retrievers read (`fmt` of title and text), and text alone (for has_answer)."""
+    ids, shown, text = [], [], {}
+    for row in bench.corpus:
+        ids.append(row["id"])
+        shown.append(fmt.format(title=row["title"], text=row["text"]).strip())
+        text[row["id"]] = row["text"]
+    return ids, shown, text
+
+
+def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
+    cfg = profile.retrieval
+    depth = max(cfg.ks)
+    ids, shown, text = passage_strings(bench, cfg.passage_format)
+    questions = {ds: bench.eval_records(ds) for ds in bench.eval}
+    timings, runs = {}, {"bm25": {}, "minilm": {}}
+
+    t0 = time.perf_counter()
+    bm25 = BM25Retriever.build_or_load(
+        ids, shown, {"k1": cfg.bm25_k1, "b": cfg.bm25_b, "method": cfg.bm25_method,
+                     "stemmer": cfg.bm25_stemmer, "stopwords": cfg.bm25_stopwords},
+        cache_dir() / "indexes", log=log)
+    timings["bm25_index_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for ds, qs in questions.items():
+        ranked, _ = bm25.search([q["question"] for q in qs], depth)
+        runs["bm25"][ds] = {q["id"]: r for q, r in zip(qs, ranked)}
+    timings["bm25_search_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
+    cache = EmbeddingCache(cache_dir() / "embeddings", encoder.fingerprint)
+    corpus_emb = cache.get_or_encode(shown, encoder.encode, log=log)
+    timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dense = DenseRetriever(ids, corpus_emb)
+    for ds, qs in questions.items():
+        q_emb = cache.get_or_encode([q["question"] for q in qs], encoder.encode, log=log)
+        ranked, _ = dense.search_embeddings(q_emb, depth)
+        runs["minilm"][ds] = {q["id"]: r for q, r in zip(qs, ranked)}
+    timings["minilm_search_s"] = time.perf_counter() - t0
+
+    results: dict = {"retrievers": {}, "paired_pvalues": {}}
+    for name, by_ds in runs.items():
+        atomic_write_json(runs_dir(profile.name) / f"{name}.json",
+                          {"retriever": name, "depth": depth, "runs": by_ds})
+        results["retrievers"][name] = {
+            ds: evaluate_run(run, questions[ds], text, cfg.ks, cfg.bootstrap_resamples, profile.seed)
+            for ds, run in by_ds.items()}
+    for ds in questions:
+        results["paired_pvalues"][f"minilm_vs_bm25/{ds}"] = {
+            f"acc@{k}": paired_pvalue_at_k(results["retrievers"]["minilm"][ds],
+                                           results["retrievers"]["bm25"][ds], k,
+                                           cfg.bootstrap_resamples, profile.seed)
+            for k in cfg.ks}
+    results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    results["mode"] = "full corpus (exact search)"
+    results["corpus_size"] = len(ids)
+    return results
+
+
+def load_run(profile_name: str, retriever: str) -> dict:
+    path = runs_dir(profile_name) / f"{retriever}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run notebook 01_baselines first")
+    return json.loads(path.read_text())

@@ -1,0 +1,296 @@
+"""Build the benchmark of METHOD.md §4 from the raw sources and store it with `datasets`.
+
+Output, under `data/processed/<profile>/`:
+- `eval/`   DatasetDict nq | triviaqa | popqa   (id, question, golden_answers, dataset, metadata)
+- `train/`  DatasetDict tqa_dev | nq_gold | wikiqa   (same schema)
+- `corpus/` Dataset (id, title, text), deduplicated
+- `manifest.json` counts, config, input and output sha256, build key.
+
+`metadata` is a JSON string (the three datasets carry different fields, and Arrow wants one
+schema); `load_benchmark` decodes it.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Profile
+from .io_utils import atomic_write_json, replace_dir, sha256_file, sha256_text
+from .metrics import AnswerIndex, normalize_answer
+from .paths import SOURCE_FILES, find_sources, processed_dir
+from . import sources as src
+
+# Bump when the build logic changes, so cached builds are redone.
+BUILD_VERSION = "1"
+TRAIN_SOURCES = {
+    "tqa_dev": "TriviaQA dev (DPR split of TQA train): stand-in for FreebaseQA",
+    "nq_gold": "NQ-open questions with their gold passage, none in any eval sample: stand-in for MS MARCO",
+    "wikiqa": "WikiQA train (real; answers are the label-1 sentences)",
+}
+MAX_ANSWER_PASSAGE_IDS = 50  # per training question; enough for positives, keeps rows small
+
+
+class LeakageError(AssertionError):
+    """An evaluation question appears in a training split."""
+
+
+def question_key(question: str) -> str:
+    """What counts as 'the same question' for the leakage check: SQuAD-normalised text."""
+    return normalize_answer(question)
+
+
+@dataclass
+class Benchmark:
+    eval: dict[str, Any]     # dataset name -> datasets.Dataset
+    train: dict[str, Any]    # source name -> datasets.Dataset
+    corpus: Any              # datasets.Dataset
+    manifest: dict
+    path: Path
+
+    def eval_records(self, dataset: str) -> list[dict]:
+        return [_decode(r) for r in self.eval[dataset]]
+
+    def train_records(self, source: str) -> list[dict]:
+        return [_decode(r) for r in self.train[source]]
+
+
+def _decode(record: dict) -> dict:
+    return {**record, "metadata": json.loads(record["metadata"])}
+
+
+def _seeded_order(n: int, seed: int, salt: str) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    return order
+
+
+class _CorpusBuilder:
+    """Collects passages, deduplicating on whitespace-normalised (title, text)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.by_key: dict[str, str] = {}
+
+    def add(self, title: str, text: str, source: str) -> str:
+        title, text = " ".join(title.split()), " ".join(text.split())
+        key = sha256_text(title, text)
+        if key not in self.by_key:
+            pid = f"{source}-{key[:12]}"
+            self.by_key[key] = pid
+            self.rows.append({"id": pid, "title": title, "text": text})
+        return self.by_key[key]
+
+
+def build_key(profile: Profile, input_shas: dict[str, str]) -> str:
+    payload = json.dumps({"data": profile.to_dict()["data"], "inputs": input_shas,
+                          "build_version": BUILD_VERSION}, sort_keys=True)
+    return sha256_text(payload)
+
+
+def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force: bool = False,
+                      out_dir: str | Path | None = None, log=print) -> dict:
+    """Build (or reuse) the benchmark for `profile`; returns the manifest."""
+    source_dir = find_sources(sources)
+    out = Path(out_dir) if out_dir else processed_dir(profile.name)
+    inputs = {name: sha256_file(source_dir / rel) for name, rel in SOURCE_FILES.items()}
+    key = build_key(profile, inputs)
+    manifest_path = out / "manifest.json"
+    if not force and manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("build_key") == key:
+            log(f"benchmark for profile {profile.name!r} is up to date: {out}")
+            return old
+    log(f"building benchmark for profile {profile.name!r} from {source_dir}")
+    built = _build(profile, source_dir)
+    _check_no_leakage(built)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        manifest = _save(built, tmp, profile, source_dir, inputs, key)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out} ({manifest['counts']['corpus']['total']} passages)")
+    return manifest
+
+
+def _build(profile: Profile, source_dir: Path) -> dict:
+    cfg = profile.data
+    path = {name: source_dir / rel for name, rel in SOURCE_FILES.items()}
+    oracle = src.read_nq_oracle(path["nq_oracle"])
+    oracle_by_key = {question_key(r["question"]): r for r in oracle}
+
+    # Evaluation samples: a seeded selection; the corpus pool is a superset of it.
+    samples, eval_rows, pool_ids = {}, {}, set()
+    all_eval_keys: dict[str, str] = {}
+    for ds in ("nq", "triviaqa", "popqa"):
+        records = src.read_flashrag_sample(path[f"{ds}_sample"])
+        samples[ds] = records
+        for r in records:
+            all_eval_keys[question_key(r["question"])] = f"{ds}/{r['source_id']}"
+    corpus = _CorpusBuilder()
+    for ds in cfg.eval_datasets:
+        records = samples[ds]
+        order = _seeded_order(len(records), cfg.selection_seed, ds)
+        pool = sorted(order[: cfg.corpus_pool_questions_per_dataset])
+        chosen = set(order[: cfg.eval_questions_per_dataset])
+        pool_ids |= {f"{ds}:{records[i]['source_id']}" for i in pool}
+        eval_rows[ds] = [records[i] for i in pool if i in chosen]
+
+    # Corpus: wiki-18 passages retrieved for the pool questions, NQ gold passages, distractors.
+    for p in src.read_r1_passages(path["r1_passages"]):
+        if pool_ids.intersection(p["retrieved_for"]):
+            corpus.add(p["title"], p["text"], "wiki18")
+    for ds in cfg.eval_datasets:
+        for r in eval_rows[ds]:
+            gold = oracle_by_key.get(question_key(r["question"])) if ds == "nq" else None
+            r["gold_ids"] = [corpus.add(gold["gold_title"], gold["gold_text"], "nqgold")] if gold else []
+
+    train: dict[str, list[dict]] = {}
+    n_train = cfg.train_questions_per_source
+    nq_gold = [r for r in oracle if question_key(r["question"]) not in all_eval_keys]
+    order = _seeded_order(len(nq_gold), cfg.selection_seed, "nq_gold")
+    train["nq_gold"] = []
+    for i in sorted(order[:n_train]):
+        r = nq_gold[i]
+        pid = corpus.add(r["gold_title"], r["gold_text"], "nqgold")
+        train["nq_gold"].append({"question": r["question"], "golden_answers": r["golden_answers"],
+                                 "source_id": f"oracle-{i}", "gold_ids": [pid]})
+    wikiqa = [g for g in src.read_wikiqa_train(path["wikiqa_train"])
+              if g["positives"] and question_key(g["question"]) not in all_eval_keys]
+    order = _seeded_order(len(wikiqa), cfg.selection_seed, "wikiqa")
+    train["wikiqa"] = []
+    for i in sorted(order[:n_train]):
+        g = wikiqa[i]
+        ids = [corpus.add("", s, "wikiqa") for s in g["positives"]]
+        train["wikiqa"].append({"question": g["question"], "golden_answers": g["positives"],
+                                "source_id": f"wikiqa-{i}", "gold_ids": ids})
+    summaries = src.read_wiki_summaries(path["wiki_summaries"])
+    order = _seeded_order(len(summaries), cfg.selection_seed, "distractors")
+    for i in sorted(order[: cfg.distractor_passages]):
+        corpus.add(summaries[i]["title"], summaries[i]["text"], "wikisum")
+
+    # Which corpus passages hold an answer (DPR has_answer on passage text only).
+    index = AnswerIndex([row["text"] for row in corpus.rows])
+    ids = [row["id"] for row in corpus.rows]
+    for ds in cfg.eval_datasets:
+        for r in eval_rows[ds]:
+            hits = index.passages_with_answer(r["golden_answers"])
+            r["answer_passage_ids"] = [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]
+            r["n_answer_passages"] = len(hits)
+    for source in ("nq_gold", "wikiqa"):
+        for r in train[source]:
+            hits = index.passages_with_answer(r["golden_answers"])
+            r["answer_passage_ids"] = [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]
+    # TriviaQA dev has no gold passages: positives are corpus passages that contain an answer.
+    tqa = []
+    for i, r in enumerate(src.read_dpr_topics(path["tqa_dev"])):
+        if question_key(r["question"]) in all_eval_keys:
+            continue
+        hits = index.passages_with_answer(r["golden_answers"])
+        if hits:
+            tqa.append({**r, "source_id": f"tqa-dev-{i}", "gold_ids": [],
+                        "answer_passage_ids": [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]})
+    order = _seeded_order(len(tqa), cfg.selection_seed, "tqa_dev")
+    train["tqa_dev"] = [tqa[i] for i in sorted(order[:n_train])]
+    return {"eval": eval_rows, "train": train, "corpus": corpus.rows, "all_eval_keys": all_eval_keys}
+
+
+def _check_no_leakage(built: dict) -> None:
+    eval_keys = built["all_eval_keys"]
+    leaks = [(source, r["question"], eval_keys[question_key(r["question"])])
+             for source, rows in built["train"].items() for r in rows
+             if question_key(r["question"]) in eval_keys]
+    if leaks:
+        shown = "; ".join(f"{s}: {q!r} = {e}" for s, q, e in leaks[:5])
+        raise LeakageError(f"{len(leaks)} training question(s) appear in an evaluation sample: {shown}")
+
+
+def _eval_row(ds: str, r: dict) -> dict:
+    meta = {"source_id": r["source_id"], "answer_in_corpus": r["n_answer_passages"] > 0,
+            "n_answer_passages": r["n_answer_passages"], "answer_passage_ids": r["answer_passage_ids"],
+            "gold_ids": r["gold_ids"], **({"popqa": r["metadata"]} if r["metadata"] else {})}
+    return {"id": f"{ds}/{r['source_id']}", "question": r["question"],
+            "golden_answers": r["golden_answers"], "dataset": ds,
+            "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True)}
+
+
+def _train_row(source: str, r: dict) -> dict:
+    meta = {"source_id": r["source_id"], "gold_ids": r["gold_ids"],
+            "answer_passage_ids": r["answer_passage_ids"]}
+    return {"id": f"{source}/{r['source_id']}", "question": r["question"],
+            "golden_answers": r["golden_answers"], "dataset": source,
+            "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True)}
+
+
+def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: dict, key: str) -> dict:
+    import datasets
+
+    datasets.disable_progress_bars()
+    qa = datasets.Features({"id": datasets.Value("string"), "question": datasets.Value("string"),
+                            "golden_answers": datasets.Sequence(datasets.Value("string")),
+                            "dataset": datasets.Value("string"), "metadata": datasets.Value("string")})
+    passages = datasets.Features({k: datasets.Value("string") for k in ("id", "title", "text")})
+
+    def to_ds(rows, features):
+        cols = {name: [r[name] for r in rows] for name in features}
+        return datasets.Dataset.from_dict(cols, features=features)
+
+    eval_dd = datasets.DatasetDict({ds: to_ds([_eval_row(ds, r) for r in rows], qa)
+                                    for ds, rows in built["eval"].items()})
+    train_dd = datasets.DatasetDict({s: to_ds([_train_row(s, r) for r in built["train"][s]], qa)
+                                     for s in TRAIN_SOURCES})
+    corpus = to_ds(built["corpus"], passages)
+    eval_dd.save_to_disk(str(tmp / "eval"))
+    train_dd.save_to_disk(str(tmp / "train"))
+    corpus.save_to_disk(str(tmp / "corpus"))
+
+    by_source: dict[str, int] = {}
+    for row in built["corpus"]:
+        prefix = row["id"].split("-")[0]
+        by_source[prefix] = by_source.get(prefix, 0) + 1
+    counts = {
+        "eval": {ds: {"questions": len(rows),
+                      "answer_in_corpus": sum(r["n_answer_passages"] > 0 for r in rows)}
+                 for ds, rows in built["eval"].items()},
+        "train": {s: len(rows) for s, rows in built["train"].items()},
+        "corpus": {"total": len(built["corpus"]), "by_source": dict(sorted(by_source.items()))},
+    }
+    outputs = {str(p.relative_to(tmp)): sha256_file(p)
+               for p in sorted(tmp.rglob("*.arrow"))}
+    manifest = {
+        "profile": profile.name, "build_key": key, "build_version": BUILD_VERSION,
+        "invar_rag_version": __version__, "config": profile.to_dict()["data"],
+        "counts": counts, "train_sources": TRAIN_SOURCES,
+        "inputs": {name: {"path": SOURCE_FILES[name], "sha256": sha} for name, sha in inputs.items()},
+        "outputs_sha256": outputs,
+        "leakage_check": "passed: no training question (SQuAD-normalised) equals any of the "
+                         f"{len(built['all_eval_keys'])} evaluation-sample questions",
+    }
+    atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def load_benchmark(profile_name: str, path: str | Path | None = None) -> Benchmark:
+    import datasets
+
+    root = Path(path) if path else processed_dir(profile_name)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"no benchmark at {root}: run `invar-rag data prepare --profile {profile_name}` first"
+        )
+    return Benchmark(
+        eval=dict(datasets.load_from_disk(str(root / "eval"))),
+        train=dict(datasets.load_from_disk(str(root / "train"))),
+        corpus=datasets.load_from_disk(str(root / "corpus")),
+        manifest=json.loads(manifest_path.read_text()),
+        path=root,
+    )

@@ -1,0 +1,98 @@
+"""Results JSON, tables (md/csv/tex) and figures, each written atomically under a reports dir.
+
+Every results file carries its provenance: resolved config, seed, package versions, git revision.
+Figures and tables are made from results files only, so `invar-rag report` can redo them without
+any model.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .config import Profile
+from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .paths import repo_root, reports_dir
+
+PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "bm25s",
+            "datasets", "numpy")
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(profile: Profile) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"profile": profile.name, "seed": profile.seed, "config": profile.to_dict(),
+            "git_revision": git_revision(), "python": platform.python_version(),
+            "packages": versions}
+
+
+class Reports:
+    """Paths and writers for one profile's reports directory."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.root = reports_dir(profile.reports_dir)
+
+    def results_path(self, name: str) -> Path:
+        return self.root / "results" / f"{name}.json"
+
+    def write_results(self, name: str, payload: dict) -> Path:
+        return atomic_write_json(self.results_path(name), {"provenance": provenance(self.profile), **payload})
+
+    def read_results(self, name: str) -> dict:
+        path = self.results_path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first")
+        return json.loads(path.read_text())
+
+    def write_table(self, df, stem: str, caption: str = "") -> dict[str, Path]:
+        base = self.root / "tables" / stem
+        out = {"md": atomic_write_text(base.with_suffix(".md"), to_markdown(df, caption)),
+               "csv": atomic_write_text(base.with_suffix(".csv"), df.to_csv(index=True)),
+               "tex": atomic_write_text(base.with_suffix(".tex"),
+                                        df.to_latex(index=True, caption=caption or None,
+                                                    label=f"tab:{stem}", escape=True))}
+        return out
+
+    def save_figure(self, fig, stem: str) -> dict[str, Path]:
+        base = self.root / "figures" / stem
+        out = {}
+        for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight", metadata=meta)
+            out[fmt] = atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue())
+        return out
+
+
+def to_markdown(df, caption: str = "") -> str:
+    """A GitHub table without the `tabulate` dependency."""
+    index_name = df.index.name or ""
+    header = [index_name] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row.tolist()]) + " |")
+    return (f"{caption}\n\n" if caption else "") + "\n".join(lines) + "\n"
+
+
+def fmt_ci(m: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """'72.0 [63.0, 80.0]' from a bootstrap_ci dict."""
+    return f"{m['mean'] * scale:.{digits}f} [{m['low'] * scale:.{digits}f}, {m['high'] * scale:.{digits}f}]"

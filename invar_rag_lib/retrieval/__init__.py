@@ -1,0 +1,1 @@
+"""Retrievers: BM25 (bm25s) and MiniLM dense retrieval (FAISS), plus the evaluation harness."""
