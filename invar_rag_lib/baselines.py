@@ -72,6 +72,8 @@ def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
                                            results["retrievers"]["bm25"][ds], k,
                                            cfg.bootstrap_resamples, profile.seed)
             for k in cfg.ks}
+    results["answer_coverage"] = {ds: sum(q["metadata"]["answer_in_corpus"] for q in qs) / len(qs)
+                                  for ds, qs in questions.items()}
     results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     results["mode"] = "full corpus (exact search)"
     results["corpus_size"] = len(ids)

@@ -1,0 +1,67 @@
+"""`invar-rag`: prepare data, run the notebooks, (later) regenerate reports."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, available_profiles, load_profile
+from .paths import SourcesNotFound
+from .sources import SourceFormatError
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invar-rag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build the benchmark")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="build data/processed/<profile>/ from the raw sources")
+    prep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    prep.add_argument("--sources", help="directory holding the raw sources (see README)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if up to date")
+
+    rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
+    rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
+    rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
+    rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
+                     metavar="NAME=VALUE", help="extra notebook parameter (JSON value)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            from .data import prepare_benchmark
+
+            manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
+            print(json.dumps(manifest["counts"], indent=2))
+        elif args.command == "reproduce":
+            from .reproduce import NotebookFailed, run_notebooks
+
+            load_profile(args.profile)  # fail fast on an unknown profile
+            try:
+                timings = run_notebooks(args.profile, args.only, dict(args.parameter))
+            except NotebookFailed as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print("wall time per notebook (s):", json.dumps(timings))
+    except (ConfigError, SourcesNotFound, SourceFormatError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

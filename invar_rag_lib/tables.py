@@ -1,0 +1,55 @@
+"""Tables built from saved results files only (no model, no data)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .reporting import fmt_ci
+
+DATASET_NAMES = {"nq": "NQ", "triviaqa": "TriviaQA", "popqa": "PopQA"}
+
+
+def ordered(datasets) -> list[str]:
+    """NQ, TriviaQA, PopQA first (the paper's order), anything else after, alphabetically."""
+    known = [d for d in DATASET_NAMES if d in datasets]
+    return known + sorted(d for d in datasets if d not in DATASET_NAMES)
+
+
+def benchmark_counts_table(results: dict) -> pd.DataFrame:
+    counts = results["counts"]
+    rows = []
+    for ds in ordered(counts["eval"]):
+        c = counts["eval"][ds]
+        rows.append({"split": f"eval/{ds}", "questions": c["questions"],
+                     "answer in corpus": f"{c['answer_in_corpus']} ({100 * c['answer_in_corpus'] / c['questions']:.0f}%)"})
+    for source, n in counts["train"].items():
+        rows.append({"split": f"train/{source}", "questions": n, "answer in corpus": "all (positives)"})
+    df = pd.DataFrame(rows).set_index("split")
+    return df
+
+
+def corpus_table(results: dict) -> pd.DataFrame:
+    by_source = results["counts"]["corpus"]["by_source"]
+    df = pd.DataFrame({"passages": by_source}).rename_axis("source")
+    df.loc["total"] = results["counts"]["corpus"]["total"]
+    return df
+
+
+def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = None) -> pd.DataFrame:
+    """Rows: retrievers; columns: dataset × acc@k as 'mean [low, high]' in percent.
+
+    With `significance_vs`, a † marks p < 0.05 in the paired bootstrap against that retriever
+    (read from results["paired_pvalues"]["<row>_vs_<baseline>/<dataset>"]).
+    """
+    table = {}
+    for name, by_ds in results["retrievers"].items():
+        row = {}
+        for ds in ordered(by_ds):
+            res = by_ds[ds]
+            for k in ks:
+                cell = fmt_ci(res["metrics"][f"acc@{k}"])
+                p = results.get("paired_pvalues", {}).get(f"{name}_vs_{significance_vs}/{ds}", {}).get(f"acc@{k}")
+                if p is not None and p < 0.05:
+                    cell += " †"
+                row[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
+        table[name] = row
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")
