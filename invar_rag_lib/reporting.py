@@ -52,6 +52,14 @@ class Reports:
         self.profile = profile
         self.root = reports_dir(profile.reports_dir)
 
+    @staticmethod
+    def relative(path: str | Path) -> str:
+        """A path as printed in notebooks: relative to the checkout, so outputs do not leak it."""
+        try:
+            return str(Path(path).resolve().relative_to(repo_root()))
+        except ValueError:
+            return str(path)
+
     def results_path(self, name: str) -> Path:
         return self.root / "results" / f"{name}.json"
 

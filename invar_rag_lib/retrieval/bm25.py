@@ -48,7 +48,7 @@ class BM25Retriever:
         key = cls.index_key(ids, texts, settings)
         path = Path(index_root) / f"bm25-{key}"
         if (path / "ids.json").exists():
-            log(f"BM25: loading index {path}")
+            log(f"BM25: loading index {path.name}")
             return cls.load(path)
         log(f"BM25: indexing {len(ids)} passages")
         retriever = cls.build(ids, texts, settings)
