@@ -73,17 +73,20 @@ def _build(cls, values: Mapping[str, Any], where: str):
             f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}"
         )
     kwargs = {}
+    defaults = cls()
     for key, value in values.items():
-        default = getattr(cls(), key) if key != "name" else None
-        if isinstance(default, tuple) and isinstance(value, list):
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
             value = tuple(value)
-        if default is not None and not isinstance(default, tuple) and not dataclasses.is_dataclass(default):
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not type(default):
-                raise ConfigError(
-                    f"{where}.{key}: expected {type(default).__name__}, got {value!r}"
-                )
+            element = type(default[0]) if default else None
+            if element and not all(type(v) is element for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of {element.__name__}, got {list(value)!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -102,8 +105,12 @@ def profile_from_dict(values: Mapping[str, Any], where: str = "profile") -> Prof
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid_top)}")
     if "name" not in values:
         raise ConfigError(f"{where}: missing key 'name'")
-    top = {k: v for k, v in values.items()}
-    profile = Profile(**top, **sections)
+    defaults = Profile(name="")
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if type(value) is not expected:
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+    profile = Profile(**values, **sections)
     _validate(profile, where)
     return profile
 

@@ -275,7 +275,7 @@ def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: di
                          f"{len(built['all_eval_keys'])} evaluation-sample questions",
     }
     atomic_write_json(tmp / "manifest.json", manifest)
-    return manifest
+    return json.loads((tmp / "manifest.json").read_text())  # the same object a reuse returns
 
 
 def load_benchmark(profile_name: str, path: str | Path | None = None) -> Benchmark:

@@ -77,7 +77,7 @@ class Reports:
         out = {"md": atomic_write_text(base.with_suffix(".md"), to_markdown(df, caption)),
                "csv": atomic_write_text(base.with_suffix(".csv"), df.to_csv(index=True)),
                "tex": atomic_write_text(base.with_suffix(".tex"),
-                                        df.to_latex(index=True, caption=caption or None,
+                                        df.to_latex(index=True, caption=latex_escape(caption) or None,
                                                     label=f"tab:{stem}", escape=True))}
         return out
 
@@ -99,6 +99,16 @@ def to_markdown(df, caption: str = "") -> str:
     for idx, row in df.iterrows():
         lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row.tolist()]) + " |")
     return (f"{caption}\n\n" if caption else "") + "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """pandas escapes cells but not the caption."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
 def fmt_ci(m: dict, scale: float = 100.0, digits: int = 1) -> str:

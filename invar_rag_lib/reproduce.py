@@ -56,6 +56,24 @@ def check_parameters(books: Sequence[Path], params: dict) -> None:
                              f"its parameters are {sorted(declared)}")
 
 
+def _failing_code_cell(executed: Path) -> tuple[int, str]:
+    """The failing cell's number among the stored notebook's code cells, and its first line.
+
+    Papermill's own index counts the injected parameters cell (and the copy gains an error banner
+    cell), so we find the cell whose outputs hold the error instead."""
+    import nbformat
+
+    number = 0
+    for cell in nbformat.read(str(executed), as_version=4).cells:
+        if cell.cell_type != "code" or "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        number += 1
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            lines = cell.source.strip().splitlines()
+            return number, lines[0] if lines else ""
+    return 0, ""
+
+
 def ensure_kernel() -> str:
     """Register (or refresh) a kernelspec that runs *this* interpreter, so papermill never picks
     up another environment's python."""
@@ -99,10 +117,11 @@ def run_notebooks(profile_name: str, only: Sequence[str] | None = None,
             except pm.PapermillExecutionError as exc:
                 failed = out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                 os.replace(tmp, failed)
+                number, first_line = _failing_code_cell(failed)
                 raise NotebookFailed(
-                    f"{nb.name} failed in cell {exc.exec_count} (code cell #{exc.cell_index}): "
-                    f"{exc.ename}: {exc.evalue}\nThe partly executed copy is {failed}; earlier "
-                    f"reports were left as they were."
+                    f"{nb.name} failed in cell {exc.exec_count} (code cell #{number} of the notebook, "
+                    f"starting {first_line!r}): {exc.ename}: {exc.evalue}\n"
+                    f"The partly executed copy is {failed}; earlier reports were left as they were."
                 ) from None
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -99,7 +99,7 @@ def read_dpr_topics(path: str | Path) -> list[dict]:
                 answers = ast.literal_eval(row[1])
             except (ValueError, SyntaxError):
                 raise SourceFormatError(f"{path}:{lineno}: answers field is not a Python list: {row[1][:80]!r}") from None
-            out.append({"question": row[0].strip(),
+            out.append({"question": undo_csv_quoting(row[0].strip()),
                         "golden_answers": _check_answers(answers, path, lineno, "answers")})
     return out
 

@@ -1,0 +1,145 @@
+"""The numbered notebooks as stored, and the papermill runner on two tiny notebooks."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from invar_rag_lib import reproduce
+from invar_rag_lib.paths import HOME_ENV, SOURCES_ENV
+from invar_rag_lib.reproduce import NotebookFailed, run_notebooks
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_numbered_notebooks():
+    assert NOTEBOOKS, f"no numbered notebooks in {NOTEBOOKS_DIR}"
+
+
+def test_notebook_numbers_are_unique():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert len(numbers) == len(set(numbers)), numbers
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_clean(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {i} has stored outputs"
+            assert cell.execution_count is None, f"{path.name}: cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_one_parameters_cell_defaulting_to_smoke(path):
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    assert tagged[0].cell_type == "code"
+    params = pm.inspect_notebook(str(path))
+    assert "profile" in params
+    assert ast.literal_eval(params["profile"]["default"]) == "smoke"
+    assert nb.metadata.get("kernelspec", {}).get("name") == reproduce.KERNEL_NAME
+
+
+# ----------------------------------------------------------------------------- the runner
+def _notebook(path: Path, *cells: str) -> Path:
+    """A markdown title, a parameters cell, then `cells` (code; markdown when prefixed "md:")."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params,
+                *[nbformat.v4.new_markdown_cell(src[3:]) if src.startswith("md:")
+                  else nbformat.v4.new_code_cell(src) for src in cells]]
+    nbformat.write(nb, str(path))
+    return path
+
+
+PREVIOUS_GOOD = b'{"previous": "successful run of 02_fails"}\n'
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    """Run 01_ok (succeeds) and 02_fails (ValueError in its 2nd code cell) once, for the module."""
+    root = tmp_path_factory.mktemp("runner")
+    home, nb_dir = root / "home", root / "notebooks"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "01_ok.ipynb", "x = 1 + 1", "print(profile, x)")
+    _notebook(nb_dir / "02_fails.ipynb", "md:The next cell fails.", 'raise ValueError("bad input 42")',
+              "never = True")
+    executed = home / "build" / "smoke" / "reports" / "executed"
+    executed.mkdir(parents=True)
+    (executed / "02_fails.ipynb").write_bytes(PREVIOUS_GOOD)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(home))
+        mp.delenv(SOURCES_ENV, raising=False)
+        mp.delenv("PYTHONHASHSEED", raising=False)
+        mp.setattr(reproduce, "notebooks_dir", lambda: nb_dir)
+        with pytest.raises(NotebookFailed) as info:
+            run_notebooks("smoke", log=lambda *a: None)
+        hashseed_after = os.environ.get("PYTHONHASHSEED")
+    return {"error": info.value, "message": str(info.value), "executed": executed, "home": home,
+            "hashseed_after": hashseed_after}
+
+
+def test_runner_failure_message_names_notebook_cell_and_error(failed_run):
+    msg = failed_run["message"]
+    failed_copy = failed_run["executed"] / "02_fails.failed.ipynb"
+    assert msg.startswith("02_fails.ipynb failed in cell ")
+    assert "ValueError: bad input 42" in msg
+    assert str(failed_copy) in msg
+    # "cell N" is the In [N] of the failing cell in the partly executed copy
+    nb = nbformat.read(str(failed_copy), as_version=4)
+    errored = [c for c in nb.cells if c.cell_type == "code"
+               and any(o.get("output_type") == "error" for o in c.outputs)]
+    assert len(errored) == 1 and "bad input 42" in errored[0].source
+    assert f"failed in cell {errored[0].execution_count} " in msg
+
+
+def test_runner_keeps_good_copies_and_the_failed_one(failed_run):
+    executed = failed_run["executed"]
+    ok = executed / "01_ok.ipynb"
+    assert ok.is_file()
+    nb = nbformat.read(str(ok), as_version=4)
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "smoke 2" in outputs
+    assert (executed / "02_fails.ipynb").read_bytes() == PREVIOUS_GOOD  # untouched
+    assert (executed / "02_fails.failed.ipynb").is_file()
+    assert not list(executed.glob(".running.*"))
+    # no timings are recorded for a failed reproduction, and PYTHONHASHSEED is restored
+    assert not (failed_run["home"] / "build" / "smoke" / "reports" / "results" / "timings.json").exists()
+    assert failed_run["hashseed_after"] is None
+
+
+def test_runner_failure_message_counts_code_cells_of_the_notebook(failed_run):
+    """The raising cell is the 2nd code cell of 02_fails.ipynb (cells: markdown, parameters,
+    markdown, raising code, code); in the executed copy, after papermill's injected-parameters
+    cell, it is the 3rd. Papermill's cell_index is the 0-based position among *all* cells of the
+    executed copy (markdown included), #4 here, which matches neither count and must not be
+    shown as a code-cell number."""
+    import re
+
+    msg = failed_run["message"]
+    numbers = re.findall(r"code cell #(\d+)", msg)
+    assert numbers and set(numbers) <= {"2", "3"}, msg
+
+
+def test_runner_success_records_timings(tmp_path, isolated_home, monkeypatch):
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "00_only.ipynb", "assert profile == 'smoke'")
+    monkeypatch.setattr(reproduce, "notebooks_dir", lambda: nb_dir)
+    timings = run_notebooks("smoke", only=["0"], log=lambda *a: None)
+    assert list(timings) == ["00_only"]
+    reports = isolated_home / "build" / "smoke" / "reports"
+    assert (reports / "executed" / "00_only.ipynb").is_file()
+    saved = json.loads((reports / "results" / "timings.json").read_text())
+    assert saved["00_only"]["wall_s"] == timings["00_only"]
