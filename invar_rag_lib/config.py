@@ -45,6 +45,26 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class RetrieverConfig:
+    """The LLM bi-encoder (METHOD.md §1) and its LoRA adapter `retriever`."""
+    backbone: str = "smollm2-135m"  # tiny-random | smollm2-135m | a local Hugging Face model dir
+    query_template: str = "query: {q}"
+    passage_template: str = "passage: {title} {text}"
+    max_len: int = 64  # passage window in tokens, EOS included (the LLM reads only this much)
+    query_max_len: int = 32
+    padding_side: str = "left"  # the trunk cache makes left and right give the same h(x)
+    tau_r: float = 0.01
+    lora_layers: int = 2  # LoRA on the top L decoder layers; 0 = all layers (no trunk cache)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    encode_batch_size: int = 16
+    mode: str = "rerank"  # rerank: score MiniLM's top `rerank_depth`; full: encode the whole corpus
+    rerank_depth: int = 100
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     seed: int = 0
@@ -53,12 +73,13 @@ class Profile:
     reports_dir: str = "reports"
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"data": DataConfig, "retrieval": RetrievalConfig}
+_SECTIONS = {"data": DataConfig, "retrieval": RetrievalConfig, "retriever": RetrieverConfig}
 
 
 def available_profiles() -> list[str]:
@@ -129,6 +150,13 @@ def _validate(p: Profile, where: str) -> None:
         )
     if any(k < 1 for k in p.retrieval.ks):
         raise ConfigError(f"{where}.retrieval.ks must be positive")
+    r = p.retriever
+    if r.padding_side not in ("left", "right"):
+        raise ConfigError(f"{where}.retriever.padding_side must be 'left' or 'right', got {r.padding_side!r}")
+    if r.mode not in ("full", "rerank"):
+        raise ConfigError(f"{where}.retriever.mode must be 'full' or 'rerank', got {r.mode!r}")
+    if r.max_len < 2 or r.query_max_len < 2:
+        raise ConfigError(f"{where}.retriever: max_len and query_max_len must be >= 2 (text + EOS)")
 
 
 def deep_update(base: dict, overrides: Mapping[str, Any], where: str = "overrides") -> dict:

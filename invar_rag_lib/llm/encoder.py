@@ -1,0 +1,149 @@
+"""The LLM bi-encoder of METHOD.md §1, with the trunk cache of §5.
+
+Representation: `"query: {q}"` / `"passage: {title} {text}"`, truncated to `max_len - 1` tokens,
+EOS appended; h(x) = final-layer hidden state at the EOS (last real) position, L2-normalised.
+Only the LoRA weights of the peft adapter named `retriever` train, and only on the top `L`
+decoder layers. Everything below is frozen, so its output ("the trunk") depends on the text alone
+and is computed once (`TrunkCache`); a training step then runs just the top `L` layers.
+
+Position ids always come from the attention mask (`cumsum - 1`), so a token's hidden state does
+not depend on how much padding its batch needed or on which side: that is what makes trunk
+states reusable across batches, and left and right padding interchangeable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+RETRIEVER_ADAPTER = "retriever"
+
+
+def format_query(question: str, template: str = "query: {q}") -> str:
+    return template.format(q=question)
+
+
+def format_passage(title: str, text: str, template: str = "passage: {title} {text}") -> str:
+    return " ".join(template.format(title=title, text=text).split())
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> [B, D]: the hidden state at each row's last real token (the EOS), for left or
+    right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_len: int, padding_side: str = "left") -> Batch:
+    """Truncate to `max_len - 1` tokens (special tokens such as a BOS included), append EOS, pad."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; the representation is read at the EOS")
+    ids = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len - 1)["input_ids"]
+           + [tokenizer.eos_token_id] for t in texts]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        sl = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, sl] = torch.tensor(row)
+        mask[i, sl] = 1
+    return Batch(input_ids, mask)
+
+
+def decoder_of(model):
+    """The LlamaModel inside a causal LM, peft-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model
+
+
+def run_layers(decoder, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
+               end: int, final_norm: bool) -> torch.Tensor:
+    """Run decoder layers [start, end) on `hidden` ([B, T, D]); mirrors LlamaModel.forward."""
+    from transformers.masking_utils import create_causal_mask
+
+    position_ids = positions_from_mask(attention_mask)
+    causal_mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden,
+                                     attention_mask=attention_mask, cache=None,
+                                     position_ids=position_ids)
+    position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
+    for layer in decoder.layers[start:end]:
+        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                       position_ids=position_ids, cache=None, use_cache=False)
+    return decoder.norm(hidden) if final_norm else hidden
+
+
+def split_point(model, lora_layers: int) -> int:
+    """Index of the first decoder layer that carries LoRA (0 = LoRA everywhere, no trunk)."""
+    n = decoder_of(model).config.num_hidden_layers
+    if not 0 <= lora_layers <= n:
+        raise ValueError(f"lora_layers must be in 0..{n} for this model, got {lora_layers}")
+    return 0 if lora_layers == 0 else n - lora_layers
+
+
+def encode_full(model, batch: Batch) -> torch.Tensor:
+    """h(x) by a plain forward through every layer: [B, D], L2-normalised."""
+    decoder = decoder_of(model)
+    hidden = decoder.embed_tokens(batch.input_ids)
+    n = decoder.config.num_hidden_layers
+    hidden = run_layers(decoder, hidden, batch.attention_mask, 0, n, final_norm=True)
+    return F.normalize(last_token_pool(hidden, batch.attention_mask).float(), dim=-1)
+
+
+@torch.no_grad()
+def trunk_states(model, batch: Batch, split: int) -> list[torch.Tensor]:
+    """Frozen-trunk output (hidden_states[split] of the full model) per text, unpadded, float32."""
+    decoder = decoder_of(model)
+    hidden = decoder.embed_tokens(batch.input_ids)
+    hidden = run_layers(decoder, hidden, batch.attention_mask, 0, split, final_norm=False).float()
+    return [h[m.bool()].clone() for h, m in zip(hidden, batch.attention_mask)]
+
+
+def pad_states(states: Sequence[torch.Tensor], padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(s.shape[0] for s in states)
+    dim = states[0].shape[1]
+    hidden = torch.zeros(len(states), width, dim, dtype=states[0].dtype)
+    mask = torch.zeros(len(states), width, dtype=torch.long)
+    for i, s in enumerate(states):
+        sl = slice(width - len(s), width) if padding_side == "left" else slice(0, len(s))
+        hidden[i, sl] = s
+        mask[i, sl] = 1
+    return hidden, mask
+
+
+def encode_from_trunk(model, states: Sequence[torch.Tensor], split: int,
+                      padding_side: str = "left") -> torch.Tensor:
+    """h(x) from cached trunk states: only layers [split, N) run (with the LoRA adapter)."""
+    decoder = decoder_of(model)
+    hidden, mask = pad_states(states, padding_side)
+    hidden = hidden.to(decoder.embed_tokens.weight.dtype)
+    hidden = run_layers(decoder, hidden, mask, split, decoder.config.num_hidden_layers, final_norm=True)
+    return F.normalize(last_token_pool(hidden, mask).float(), dim=-1)
+
+
+def add_retriever_adapter(model, lora_layers: int, r: int, alpha: int, dropout: float,
+                          target_modules: Sequence[str], adapter_name: str = RETRIEVER_ADAPTER):
+    """Wrap `model` with a named peft LoRA adapter on the top `lora_layers` layers (0 = all);
+    every base weight is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    n = decoder_of(model).config.num_hidden_layers
+    split = split_point(model, lora_layers)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        layers_to_transform=list(range(split, n)), bias="none")
+    return get_peft_model(model, config, adapter_name=adapter_name)

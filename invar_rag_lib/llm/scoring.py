@@ -1,0 +1,79 @@
+"""Two uses of the causal LM itself: answer log-likelihoods (LSR scores) and greedy generation.
+
+Both batch by length (fewer pad tokens on 2 cores) and return results in input order.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .encoder import positions_from_mask
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
+                   batch_size: int = 8, max_prompt_tokens: int | None = None) -> torch.Tensor:
+    """Mean over answer tokens of log P(answer | prompt), one float per (prompt, answer) pair.
+
+    The answer is tokenized on its own (with a leading space) and appended to the prompt's tokens,
+    so every pair scores exactly the answer's tokens. Prompts longer than `max_prompt_tokens` keep
+    their end (the question and "Answer:" sit there).
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    pairs = []
+    for prompt, answer in zip(prompts, answers):
+        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        a = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        if not a:
+            raise ValueError(f"answer {answer!r} has no tokens")
+        if max_prompt_tokens and len(p) > max_prompt_tokens:
+            p = p[-max_prompt_tokens:]
+        pairs.append((p, a))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = torch.empty(len(pairs))
+    for idx in _length_batches([len(p) + len(a) for p, a in pairs], batch_size):
+        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        target = torch.zeros((len(idx), width), dtype=torch.bool)
+        for row, i in enumerate(idx):
+            p, a = pairs[i]
+            ids[row, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[row, : len(p) + len(a)] = 1
+            target[row, len(p): len(p) + len(a)] = True
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token_logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        tmask = target[:, 1:]
+        means = (token_logp * tmask).sum(1) / tmask.sum(1)
+        out[idx] = means
+    return out
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16,
+                    batch_size: int = 8) -> list[str]:
+    """Greedy continuations, left-padded batches, cut at the first newline."""
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    results: list[str] = [""] * len(prompts)
+    try:
+        lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+        for idx in _length_batches(lengths, batch_size):
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                 stop_strings=["\n"], tokenizer=tokenizer)
+            for row, i in enumerate(idx):
+                text = tokenizer.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                results[i] = text.split("\n")[0].strip()
+    finally:
+        tokenizer.padding_side = old_side
+    return results

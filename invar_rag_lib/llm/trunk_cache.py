@@ -1,0 +1,81 @@
+"""Disk cache of frozen-trunk hidden states, keyed by trunk fingerprint, window and text.
+
+With LoRA on the top `L` layers only, the output of the layers below depends on the text alone
+(METHOD.md §5), so it is computed once and reused by every training step, epoch, variant and
+evaluation. States are stored unpadded in float32 (so the cached path equals a plain forward),
+in safetensors shards; each `get_or_compute` that has new texts writes one new shard atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..io_utils import atomic_write_bytes, sha256_text
+
+
+def trunk_fingerprint(model, split: int, extra: str = "") -> str:
+    """Hash of the weights that the trunk states depend on (embeddings + layers below `split`)."""
+    from .encoder import decoder_of
+
+    decoder = decoder_of(model)
+    h = hashlib.sha256(f"split={split};{extra}".encode())
+    modules = [decoder.embed_tokens, *decoder.layers[:split]]
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            if "lora_" in name:
+                continue
+            h.update(name.encode())
+            h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class TrunkCache:
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.dir = Path(root) / fingerprint
+        self.states: dict[str, torch.Tensor] = {}
+        self.shards = sorted(self.dir.glob("shard-*.safetensors")) if self.dir.exists() else []
+        self._loaded = False
+
+    @staticmethod
+    def key(text: str, max_len: int) -> str:
+        return sha256_text(text, str(max_len))[:32]
+
+    def _load(self) -> None:
+        from safetensors.torch import load_file
+
+        if not self._loaded:
+            for shard in self.shards:
+                self.states.update(load_file(str(shard)))
+            self._loaded = True
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self.states)
+
+    def get_or_compute(self, texts: Sequence[str], max_len: int,
+                       compute: Callable[[list[str]], list[torch.Tensor]], batch_size: int = 16,
+                       log=None) -> list[torch.Tensor]:
+        """States for `texts` (in order); `compute(texts)` is called, in batches, for new ones."""
+        from safetensors.torch import save as save_bytes
+
+        self._load()
+        keys = [self.key(t, max_len) for t in texts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.states))
+        if todo:
+            text_of = dict(zip(keys, texts))
+            if log:
+                log(f"trunk cache: computing {len(todo)} new texts (window {max_len}), "
+                    f"{len(keys) - len(todo)} cached")
+            new: dict[str, torch.Tensor] = {}
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i:i + batch_size]
+                for k, state in zip(chunk, compute([text_of[k] for k in chunk])):
+                    new[k] = state.detach().to(torch.float32).contiguous()
+            shard = self.dir / f"shard-{len(self.shards):05d}-{sha256_text(*todo)[:8]}.safetensors"
+            atomic_write_bytes(shard, save_bytes(new))
+            self.shards.append(shard)
+            self.states.update(new)
+        return [self.states[k] for k in keys]
