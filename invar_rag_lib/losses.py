@@ -137,7 +137,7 @@ def invariant_mask(lsr_logq: Tensor, group_mask: Tensor, rel_tol: float = 1e-6) 
     """
     mask = group_mask.bool()
     q = lsr_logq.detach().double().exp()                                      # [E, B, G]
-    n = torch.full_like(mask.sum(dim=-1, keepdim=True).double(), mask.shape[-1])                                # [B, 1]
+    n = mask.sum(dim=-1, keepdim=True).double()                                # [B, 1]
     useful = (q > (1.0 + rel_tol) / n) & mask
     return (useful.all(dim=0) | (~useful).all(dim=0)) & mask
 

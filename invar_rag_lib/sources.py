@@ -156,7 +156,7 @@ def read_wikiqa_train(path: str | Path) -> list[dict]:
             if label not in ("0", "1"):
                 raise SourceFormatError(f"{path}:{lineno}: label must be 0 or 1, got {label!r}")
             g = groups.setdefault(question.strip(), {"question": question.strip(), "positives": [], "negatives": []})
-            (g["positives"] if label == "1" else g["negatives"]).append(sentence.strip())
+            (g["positives"] if label == "1" else g["negatives"]).append(undo_csv_quoting(sentence.strip()))
     return list(groups.values())
 
 

@@ -215,6 +215,7 @@ def load_backbone(name: str, seed: int = 0):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    for cfg in (model.config, model.generation_config):  # so generate() does not warn and guess
+        if cfg is not None and cfg.pad_token_id is None:
+            cfg.pad_token_id = tokenizer.pad_token_id
     return model.to(torch.float32).eval(), tokenizer

@@ -1,0 +1,78 @@
+"""Training groups G(q) (METHOD.md §1): positives plus MiniLM hard negatives, with coarse scores.
+
+For each training question, `K(q)` = MiniLM's top `coarse_candidates` passages. Positives are gold
+passages (NQ oracle, WikiQA label-1 sentences) and passages of K(q) that contain an answer (DPR
+has_answer); hard negatives are the highest-ranked passages of K(q) without an answer. The coarse
+score s_c(q, d) = c(q)·c(d) of every group member is kept for the alignment loss.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Profile
+from ..data import TRAIN_SOURCES, Benchmark
+from ..metrics import has_answer
+from ..paths import cache_dir
+from ..retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
+
+
+@dataclass
+class Group:
+    qid: str
+    question: str
+    answers: list[str]
+    passage_ids: list[str]
+    positive: list[bool]
+    coarse_scores: list[float]
+    target_answer: str  # the y of the LSR score: a gold answer that a positive passage contains
+
+
+def select_training_questions(bench: Benchmark, n_total: int, seed: int) -> list[dict]:
+    """`n_total` questions drawn evenly (seeded) from the training sources."""
+    per_source = -(-n_total // len(TRAIN_SOURCES))
+    chosen = []
+    for source in TRAIN_SOURCES:
+        records = bench.train_records(source)
+        random.Random(f"{seed}:stage1:{source}").shuffle(records)
+        chosen += records[:per_source]
+    return chosen[:n_total] if n_total < len(chosen) else chosen
+
+
+def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> list[Group]:
+    cfg, s1 = profile.retrieval, profile.stage1
+    ids, shown, text = [], [], {}
+    for row in bench.corpus:
+        ids.append(row["id"])
+        shown.append(cfg.passage_format.format(title=row["title"], text=row["text"]).strip())
+        text[row["id"]] = row["text"]
+    encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
+    cache = EmbeddingCache(cache_dir() / "embeddings", encoder.fingerprint)
+    corpus_emb = cache.get_or_encode(shown, encoder.encode, log=log)
+    row_of = {pid: i for i, pid in enumerate(ids)}
+    q_emb = cache.get_or_encode([q["question"] for q in questions], encoder.encode, log=log)
+    ranked, _ = DenseRetriever(ids, corpus_emb).search_embeddings(q_emb, s1.coarse_candidates)
+
+    groups, skipped = [], 0
+    for q, qe, cands in zip(questions, q_emb, ranked):
+        gold = [p for p in q["metadata"]["gold_ids"] if p in row_of]
+        answer_hits = [p for p in cands if has_answer(text[p], q["golden_answers"])]
+        positives = list(dict.fromkeys(gold + answer_hits))[: s1.max_positives]
+        negatives = [p for p in cands if p not in positives and p not in gold
+                     and not has_answer(text[p], q["golden_answers"])]
+        negatives = negatives[: s1.group_size - len(positives)]
+        if not positives or len(positives) + len(negatives) < s1.group_size:
+            skipped += 1
+            continue
+        members = positives + negatives
+        scores = corpus_emb[[row_of[p] for p in members]] @ qe
+        found = [a for a in q["golden_answers"] if any(has_answer(text[p], [a]) for p in positives)]
+        groups.append(Group(q["id"], q["question"], q["golden_answers"], members,
+                            [True] * len(positives) + [False] * len(negatives),
+                            [float(s) for s in np.asarray(scores)],
+                            (found or q["golden_answers"])[0]))
+    log(f"{len(groups)} training groups of {s1.group_size}; {skipped} questions skipped "
+        "(no positive, or too few negatives)")
+    return groups
