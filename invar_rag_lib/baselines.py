@@ -62,7 +62,8 @@ def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
     results: dict = {"retrievers": {}, "paired_pvalues": {}}
     for name, by_ds in runs.items():
         atomic_write_json(runs_dir(profile.name) / f"{name}.json",
-                          {"retriever": name, "depth": depth, "runs": by_ds})
+                          {"retriever": name, "depth": depth, "runs": by_ds,
+                           "benchmark_build_key": bench.manifest["build_key"]})
         results["retrievers"][name] = {
             ds: evaluate_run(run, questions[ds], text, cfg.ks, cfg.bootstrap_resamples, profile.seed)
             for ds, run in by_ds.items()}
@@ -80,8 +81,13 @@ def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
     return results
 
 
-def load_run(profile_name: str, retriever: str) -> dict:
+def load_run(profile_name: str, retriever: str, bench: Benchmark | None = None) -> dict:
+    """A saved run; with `bench`, refuse one made on another build of the benchmark."""
     path = runs_dir(profile_name) / f"{retriever}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run notebook 01_baselines first")
-    return json.loads(path.read_text())
+    run = json.loads(path.read_text())
+    if bench is not None and run.get("benchmark_build_key") != bench.manifest["build_key"]:
+        raise ValueError(f"{path} was made on another build of the {profile_name} benchmark: "
+                         f"rerun notebook 01_baselines (invar-rag reproduce --profile {profile_name} --only 01)")
+    return run

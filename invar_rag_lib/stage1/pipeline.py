@@ -1,0 +1,130 @@
+"""Stage 1 end to end: backbone + adapter, trunk cache, rewrites, LSR, training data, evaluation.
+
+`RetrieverStage` holds one loaded backbone with its `retriever` adapter. Every expensive,
+unchanging step is cached on disk under `data/cache/` (trunk states, rewrites, LSR scores), keyed by
+content and model fingerprint, so a second run, another variant or the evaluation reuse them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from ..config import Profile
+from ..data import Benchmark
+from ..llm.backbone import load_backbone
+from ..llm.encoder import (add_retriever_adapter, format_passage, format_query, split_point,
+                           tokenize, trunk_states)
+from ..llm.trunk_cache import TrunkCache, trunk_fingerprint
+from ..paths import cache_dir
+from .environments import Environment, environments
+from .groups import Group
+from .lsr import compute_lsr
+from .rewrites import make_rewrites
+from .train import TopEncoder, TrainingData, lora_state
+
+
+class RetrieverStage:
+    def __init__(self, profile: Profile, bench: Benchmark, log=print):
+        rc = profile.retriever
+        self.profile, self.bench, self.log = profile, bench, log
+        torch.manual_seed(profile.seed)
+        base, self.tokenizer = load_backbone(rc.backbone, seed=profile.seed)
+        self.split = split_point(base, rc.lora_layers)
+        self.model = add_retriever_adapter(base, rc.lora_layers, rc.lora_r, rc.lora_alpha,
+                                           rc.lora_dropout, rc.lora_targets)
+        self.model.eval()
+        self.initial_adapter = lora_state(self.model)  # every variant starts from this init
+        self.fingerprint = trunk_fingerprint(self.model, self.split, extra=rc.backbone)
+        self.model_fingerprint = trunk_fingerprint(
+            self.model, self.model.get_base_model().config.num_hidden_layers, extra=rc.backbone + ":full")
+        self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint)
+        self.passages = {row["id"]: row for row in bench.corpus}
+        self.envs = environments(profile)
+
+    # --- representations -------------------------------------------------------------------
+    def passage_text(self, pid: str) -> str:
+        p = self.passages[pid]
+        return format_passage(p["title"], p["text"], self.profile.retriever.passage_template)
+
+    def query_text(self, question: str) -> str:
+        return format_query(question, self.profile.retriever.query_template)
+
+    def states(self, texts: Sequence[str], max_len: int) -> list[torch.Tensor]:
+        rc = self.profile.retriever
+
+        def compute(batch_texts):
+            return trunk_states(self.model, tokenize(self.tokenizer, batch_texts, max_len, rc.padding_side),
+                                self.split)
+
+        return self.trunk.get_or_compute(texts, max_len, compute, rc.encode_batch_size, log=self.log)
+
+    def encoder(self) -> TopEncoder:
+        return TopEncoder(self.model, self.split, self.profile.retriever.padding_side)
+
+    def reset_adapter(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, self.initial_adapter, adapter_name="retriever")
+
+    # --- training data ---------------------------------------------------------------------
+    def rewrites(self, items: Sequence[dict]) -> dict[str, list[dict]]:
+        s1 = self.profile.stage1
+        path = cache_dir() / "rewrites" / f"{self.model_fingerprint}.json"
+        with self.model.disable_adapter():
+            return make_rewrites(items, s1.n_rewrites, s1.rewrite_method, path, self.model,
+                                 self.tokenizer, log=self.log)
+
+    def lsr(self, groups: Sequence[Group], rewrites) -> torch.Tensor:
+        s1 = self.profile.stage1
+        path = cache_dir() / "lsr" / f"{self.model_fingerprint}.json"
+        return compute_lsr(self.model, self.tokenizer, groups, self.envs, rewrites, self.passages,
+                           s1.lsr_prompt, path, self.model_fingerprint, s1.lsr_batch_size, log=self.log)
+
+    def training_data(self, groups: Sequence[Group], rewrites, lsr_ll: torch.Tensor) -> TrainingData:
+        from .. import losses
+
+        rc, s1 = self.profile.retriever, self.profile.stage1
+        query_states = {0: self.states([self.query_text(g.question) for g in groups], rc.query_max_len)}
+        for r in range(1, s1.n_rewrites + 1):
+            query_states[r] = self.states([self.query_text(rewrites[g.question][r - 1]["text"])
+                                           for g in groups], rc.query_max_len)
+        passage_states = {}
+        for window in sorted({e.window for e in self.envs}):
+            flat = self.states([self.passage_text(p) for g in groups for p in g.passage_ids], window)
+            size = len(groups[0].passage_ids)
+            passage_states[window] = [flat[i * size:(i + 1) * size] for i in range(len(groups))]
+        mask = torch.ones(len(groups), len(groups[0].passage_ids), dtype=torch.bool)
+        return TrainingData(
+            query_states=query_states, passage_states=passage_states,
+            coarse=torch.tensor([g.coarse_scores for g in groups]),
+            lsr_logq=losses.lsr_distribution(lsr_ll, mask, s1.beta),
+            positive=torch.tensor([g.positive for g in groups]), envs=list(self.envs))
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def rerank(self, questions: Sequence[dict], candidates: dict[str, list[str]], depth: int,
+               query_texts: dict[str, str] | None = None, adapter: bool = True) -> dict[str, list[str]]:
+        """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids."""
+        rc = self.profile.retriever
+        enc = self.encoder().eval()
+        pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
+        with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
+            p_reps = torch.cat([enc.encode(chunk) for chunk in _chunks(
+                self.states([self.passage_text(p) for p in pool], rc.max_len), 64)])
+            texts = [self.query_text((query_texts or {}).get(q["id"], q["question"])) for q in questions]
+            q_reps = torch.cat([enc.encode(chunk) for chunk in _chunks(self.states(texts, rc.query_max_len), 64)])
+        row = {p: i for i, p in enumerate(pool)}
+        run = {}
+        for q, qr in zip(questions, q_reps):
+            cands = candidates[q["id"]][:depth]
+            scores = p_reps[[row[p] for p in cands]] @ qr
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            run[q["id"]] = [cands[i] for i in order]
+        return run
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,236 @@
+"""Training loop for the retriever adapter, written with `accelerate` (nanoGPT-style, top to bottom).
+
+One CPU process, several GPUs or several machines run the same code. The global batch is
+`batch_size × processes × grad_accum` queries; in-batch negatives are the queries' groups within
+one micro-batch, so one process with grad_accum = W computes exactly what W processes compute.
+The learning rate is set by the plain function `get_lr` at every optimizer step (no scheduler
+object whose stepping would depend on the number of processes).
+
+A checkpoint (every `checkpoint_every` steps and at the end) is a directory: the adapter weights
+(safetensors), the optimizer state, the RNG states, the step and the config. `resume=True`
+continues from the latest one to the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+from ..config import Profile
+from ..io_utils import atomic_write_json, replace_dir
+from ..llm.encoder import RETRIEVER_ADAPTER, decoder_of, last_token_pool, pad_states, run_layers
+from .environments import Environment
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Weights of the loss terms: L = L_ctr + α L_align + λ L_inv + μ KL(Q_orig ‖ P_θ)."""
+    alpha: float = 0.0
+    lam: float = 0.0
+    lsr: float = 0.0
+    gamma: float = 1.0
+
+    @property
+    def needs_environments(self) -> bool:
+        return self.lam > 0
+
+
+def variant_objectives(profile: Profile) -> dict[str, Objective]:
+    """The trained retriever variants of METHOD.md §1 (ASCII names; tables print − for -)."""
+    s = profile.stage1
+    return {
+        "llm-ctr": Objective(),
+        "llm-lsr": Objective(lsr=1.0),
+        "invar": Objective(alpha=s.alpha, lam=s.lam, gamma=s.gamma),
+        "invar-align": Objective(alpha=0.0, lam=s.lam, gamma=s.gamma),
+        "invar-inv": Objective(alpha=s.alpha, lam=0.0, gamma=s.gamma),
+    }
+
+
+@dataclass
+class TrainingData:
+    """Everything a step needs, precomputed: trunk states, coarse scores, LSR targets."""
+    query_states: dict[int, list[torch.Tensor]]  # query variant -> one state per group
+    passage_states: dict[int, list[list[torch.Tensor]]]  # window -> G states per group
+    coarse: torch.Tensor  # [n, G] MiniLM cosine scores
+    lsr_logq: torch.Tensor  # [E, n, G] log Q_e
+    positive: torch.Tensor  # [n, G] bool
+    envs: list[Environment] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.coarse.shape[0]
+
+
+class TopEncoder(torch.nn.Module):
+    """The trainable part: decoder layers [split, N) + norm + EOS pooling, fed trunk states."""
+
+    def __init__(self, model, split: int, padding_side: str = "left"):
+        super().__init__()
+        self.model, self.split, self.padding_side = model, split, padding_side
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        decoder = decoder_of(self.model)
+        out = run_layers(decoder, hidden, mask, self.split, decoder.config.num_hidden_layers, True)
+        return F.normalize(last_token_pool(out, mask).float(), dim=-1)
+
+    def encode(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        hidden, mask = pad_states(states, self.padding_side)
+        return self(hidden, mask)
+
+
+def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `max_lr`, then cosine decay to 10% of it at `total` steps."""
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return max_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objective,
+               tau_r: float, tau_c: float) -> tuple[torch.Tensor, dict]:
+    idx = list(idx)
+    n_groups = len(data.coarse[0])
+    envs = data.envs if objective.needs_environments else data.envs[:1]
+    q_reps, p_reps = {}, {}
+    for env in envs:
+        if env.query_variant not in q_reps:
+            q_reps[env.query_variant] = encoder.encode([data.query_states[env.query_variant][i] for i in idx])
+        if env.window not in p_reps:
+            flat = [s for i in idx for s in data.passage_states[env.window][i]]
+            p_reps[env.window] = encoder.encode(flat)
+    scores = torch.stack([
+        torch.einsum("bd,bgd->bg", q_reps[e.query_variant],
+                     p_reps[e.window].view(len(idx), n_groups, -1)) / tau_r for e in envs])
+    mask = torch.ones(len(idx), n_groups, dtype=torch.bool)
+    orig = envs[0]
+    positive = torch.zeros(len(idx), len(idx) * n_groups, dtype=torch.bool)
+    for b, i in enumerate(idx):
+        positive[b, b * n_groups:(b + 1) * n_groups] = data.positive[i]
+    l_ctr = losses.contrastive_loss(q_reps[orig.query_variant], p_reps[orig.window], positive, tau_r)
+    parts = {"ctr": l_ctr}
+    if objective.alpha:
+        parts["align"] = losses.alignment_loss(data.coarse[idx], scores[0], mask, tau_c)
+    if objective.lsr:
+        student = losses.group_log_softmax(scores[0], mask)
+        parts["lsr"] = losses.kl_to_student(data.lsr_logq[0, idx], student, mask)
+    diag = {}
+    if objective.lam:
+        parts["inv"], diag = losses.invariance_loss(scores, data.lsr_logq[:, idx], mask, objective.gamma)
+    total = (l_ctr + objective.alpha * parts.get("align", 0.0) + objective.lam * parts.get("inv", 0.0)
+             + objective.lsr * parts.get("lsr", 0.0))
+    logs = {k: float(v.detach()) for k, v in parts.items()}
+    logs["loss"] = float(total.detach())
+    if diag:
+        logs["inv_share"] = float(diag.get("inv_share", float("nan")))
+    return total, logs
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
+    return order
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().contiguous() for k, v in
+            get_peft_model_state_dict(model, adapter_name=RETRIEVER_ADAPTER).items()}
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_file(lora_state(model), str(tmp / "adapter.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1],
+                    "python": random.getstate()[1]}, tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")), adapter_name=RETRIEVER_ADAPTER)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    state = json.loads((path / "state.json").read_text())
+    return state["step"], state["history"]
+
+
+def train_retriever(model, split: int, data: TrainingData, objective: Objective, profile: Profile,
+                    out_dir: str | Path, resume: bool = False, log=print, stop_after: int | None = None) -> dict:
+    """Train the `retriever` adapter of `model` (peft, already added) on `data`; returns history."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    s1, rc = profile.stage1, profile.retriever
+    out_dir = Path(out_dir)
+    set_seed(profile.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=s1.grad_accum, cpu=not torch.cuda.is_available())
+    encoder = TopEncoder(model, split, rc.padding_side)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s1.lr, weight_decay=s1.weight_decay)
+    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = s1.batch_size
+    per_epoch = len(data) // (micro * world * s1.grad_accum)  # whole global batches only
+    total_steps = per_epoch * s1.epochs
+    if total_steps == 0:
+        raise ValueError(f"{len(data)} training groups are fewer than one global batch "
+                         f"({micro} x {world} processes x {s1.grad_accum} accumulation)")
+    config = {"objective": asdict(objective), "stage1": asdict(s1), "seed": profile.seed,
+              "processes": world, "total_steps": total_steps}
+    step, history = 0, []
+    latest = out_dir / "checkpoint-latest"
+    if resume and (latest / "state.json").exists():
+        step, history = load_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer)
+        log(f"resumed from {latest.name} at step {step}")
+    encoder.train()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        order = epoch_order(len(data), profile.seed, epoch)
+        start = (in_epoch * s1.grad_accum * world + rank) * micro
+        logs_acc: list[dict] = []
+        for a in range(s1.grad_accum):
+            lo = start + a * world * micro
+            with accelerator.accumulate(encoder):
+                loss, logs = batch_loss(encoder, data, order[lo:lo + micro], objective, rc.tau_r, s1.tau_c)
+                accelerator.backward(loss)
+                logs_acc.append(logs)
+                if accelerator.sync_gradients or a == s1.grad_accum - 1:
+                    accelerator.clip_grad_norm_(params, s1.max_grad_norm)
+                    for group in optimizer.param_groups:
+                        group["lr"] = get_lr(step, s1.lr, s1.warmup_steps, total_steps)
+                optimizer.step()
+                optimizer.zero_grad()
+        record = {"step": step + 1, "lr": get_lr(step, s1.lr, s1.warmup_steps, total_steps),
+                  **{k: float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]}}
+        history.append(record)
+        step += 1
+        if step % s1.checkpoint_every == 0 or step == total_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer, step, config, history)
+            accelerator.wait_for_everyone()
+        if stop_after is not None and step >= stop_after:
+            break
+    return {"history": history, "config": config}
