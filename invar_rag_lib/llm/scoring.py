@@ -37,6 +37,8 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
             p = p[-max_prompt_tokens:]
         pairs.append((p, a))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, lm_head = inner.model, inner.lm_head
     out = torch.empty(len(pairs))
     for idx in _length_batches([len(p) + len(a) for p, a in pairs], batch_size):
         width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
@@ -48,12 +50,16 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
             ids[row, : len(p) + len(a)] = torch.tensor(p + a)
             mask[row, : len(p) + len(a)] = 1
             target[row, len(p): len(p) + len(a)] = True
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        tmask = target[:, 1:]
-        means = (token_logp * tmask).sum(1) / tmask.sum(1)
-        out[idx] = means
+        hidden = decoder(input_ids=ids, attention_mask=mask,
+                         position_ids=positions_from_mask(mask)).last_hidden_state
+        # The LM head (vocabulary-sized) runs only where an answer token is predicted: most
+        # positions are prompt, and the head + softmax would otherwise dominate the cost.
+        rows, cols = target[:, 1:].nonzero(as_tuple=True)
+        logp = torch.log_softmax(lm_head(hidden[rows, cols]).float(), dim=-1)
+        token_logp = logp.gather(-1, ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(len(idx)).index_add_(0, rows, token_logp)
+        counts = torch.zeros(len(idx)).index_add_(0, rows, torch.ones_like(token_logp))
+        out[idx] = sums / counts
     return out
 
 

@@ -84,8 +84,13 @@ class TopEncoder(torch.nn.Module):
         return F.normalize(last_token_pool(out, mask).float(), dim=-1)
 
     def encode(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        hidden, mask = pad_states(states, self.padding_side)
-        return self(hidden, mask)
+        return encode_states(self, states, self.padding_side)
+
+
+def encode_states(encoder, states: Sequence[torch.Tensor], padding_side: str) -> torch.Tensor:
+    """Pad and run through `encoder.__call__`, so a DDP wrapper sees the forward (and syncs grads)."""
+    hidden, mask = pad_states(states, padding_side)
+    return encoder(hidden, mask)
 
 
 def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
@@ -97,17 +102,18 @@ def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
 
 
 def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objective,
-               tau_r: float, tau_c: float) -> tuple[torch.Tensor, dict]:
+               tau_r: float, tau_c: float, padding_side: str = "left") -> tuple[torch.Tensor, dict]:
     idx = list(idx)
     n_groups = len(data.coarse[0])
     envs = data.envs if objective.needs_environments else data.envs[:1]
     q_reps, p_reps = {}, {}
     for env in envs:
         if env.query_variant not in q_reps:
-            q_reps[env.query_variant] = encoder.encode([data.query_states[env.query_variant][i] for i in idx])
+            q_reps[env.query_variant] = encode_states(
+                encoder, [data.query_states[env.query_variant][i] for i in idx], padding_side)
         if env.window not in p_reps:
             flat = [s for i in idx for s in data.passage_states[env.window][i]]
-            p_reps[env.window] = encoder.encode(flat)
+            p_reps[env.window] = encode_states(encoder, flat, padding_side)
     scores = torch.stack([
         torch.einsum("bd,bgd->bg", q_reps[e.query_variant],
                      p_reps[e.window].view(len(idx), n_groups, -1)) / tau_r for e in envs])
@@ -214,7 +220,8 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         for a in range(s1.grad_accum):
             lo = start + a * world * micro
             with accelerator.accumulate(encoder):
-                loss, logs = batch_loss(encoder, data, order[lo:lo + micro], objective, rc.tau_r, s1.tau_c)
+                loss, logs = batch_loss(encoder, data, order[lo:lo + micro], objective, rc.tau_r,
+                                        s1.tau_c, rc.padding_side)
                 accelerator.backward(loss)
                 logs_acc.append(logs)
                 if accelerator.sync_gradients or a == s1.grad_accum - 1:
@@ -223,8 +230,10 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
                         group["lr"] = get_lr(step, s1.lr, s1.warmup_steps, total_steps)
                 optimizer.step()
                 optimizer.zero_grad()
+        local = torch.tensor([float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]])
+        means = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()
         record = {"step": step + 1, "lr": get_lr(step, s1.lr, s1.warmup_steps, total_steps),
-                  **{k: float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]}}
+                  **{k: float(v) for k, v in zip(logs_acc[0], means)}}
         history.append(record)
         step += 1
         if step % s1.checkpoint_every == 0 or step == total_steps:
