@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Sequence
 
 from .config import Profile
 from .data import Benchmark
@@ -27,37 +28,50 @@ def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], d
     return ids, shown, text
 
 
+class CoarseRetrievers:
+    """BM25 and MiniLM over the benchmark corpus, built (or loaded from cache) once."""
+
+    def __init__(self, profile: Profile, bench: Benchmark, log=print):
+        cfg = profile.retrieval
+        self.ids, shown, self.text = passage_strings(bench, cfg.passage_format)
+        self.timings = {}
+        t0 = time.perf_counter()
+        self.bm25 = BM25Retriever.build_or_load(
+            self.ids, shown, {"k1": cfg.bm25_k1, "b": cfg.bm25_b, "method": cfg.bm25_method,
+                              "stemmer": cfg.bm25_stemmer, "stopwords": cfg.bm25_stopwords},
+            cache_dir() / "indexes", log=log)
+        self.timings["bm25_index_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
+        self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
+        self.corpus_emb = self.cache.get_or_encode(shown, self.encoder.encode, log=log)
+        self.timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
+        self.dense = DenseRetriever(self.ids, self.corpus_emb)
+        self.log = log
+
+    def search(self, name: str, texts: Sequence[str], depth: int) -> list[list[str]]:
+        if name == "bm25":
+            return self.bm25.search(list(texts), depth)[0]
+        if name == "minilm":
+            emb = self.cache.get_or_encode(list(texts), self.encoder.encode, log=self.log)
+            return self.dense.search_embeddings(emb, depth)[0]
+        raise ValueError(f"unknown coarse retriever {name!r}; use 'bm25' or 'minilm'")
+
+
 def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
     cfg = profile.retrieval
     depth = max(cfg.ks)
-    ids, shown, text = passage_strings(bench, cfg.passage_format)
+    coarse = CoarseRetrievers(profile, bench, log=log)
+    text = coarse.text
     questions = {ds: bench.eval_records(ds) for ds in bench.eval}
-    timings, runs = {}, {"bm25": {}, "minilm": {}}
-
-    t0 = time.perf_counter()
-    bm25 = BM25Retriever.build_or_load(
-        ids, shown, {"k1": cfg.bm25_k1, "b": cfg.bm25_b, "method": cfg.bm25_method,
-                     "stemmer": cfg.bm25_stemmer, "stopwords": cfg.bm25_stopwords},
-        cache_dir() / "indexes", log=log)
-    timings["bm25_index_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for ds, qs in questions.items():
-        ranked, _ = bm25.search([q["question"] for q in qs], depth)
-        runs["bm25"][ds] = {q["id"]: r for q, r in zip(qs, ranked)}
-    timings["bm25_search_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
-    cache = EmbeddingCache(cache_dir() / "embeddings", encoder.fingerprint)
-    corpus_emb = cache.get_or_encode(shown, encoder.encode, log=log)
-    timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dense = DenseRetriever(ids, corpus_emb)
-    for ds, qs in questions.items():
-        q_emb = cache.get_or_encode([q["question"] for q in qs], encoder.encode, log=log)
-        ranked, _ = dense.search_embeddings(q_emb, depth)
-        runs["minilm"][ds] = {q["id"]: r for q, r in zip(qs, ranked)}
-    timings["minilm_search_s"] = time.perf_counter() - t0
+    timings, runs = dict(coarse.timings), {"bm25": {}, "minilm": {}}
+    for name in runs:
+        t0 = time.perf_counter()
+        for ds, qs in questions.items():
+            ranked = coarse.search(name, [q["question"] for q in qs], depth)
+            runs[name][ds] = {q["id"]: r for q, r in zip(qs, ranked)}
+        timings[f"{name}_search_s"] = time.perf_counter() - t0
+    ids = coarse.ids
 
     results: dict = {"retrievers": {}, "paired_pvalues": {}}
     for name, by_ds in runs.items():

@@ -8,6 +8,19 @@ from .reporting import fmt_ci
 DATASET_NAMES = {"nq": "NQ", "triviaqa": "TriviaQA", "popqa": "PopQA"}
 
 
+RETRIEVER_ORDER = ("bm25", "minilm", "llm-zero", "llm-ctr", "llm-lsr", "invar", "invar-align", "invar-inv")
+
+
+def display_name(retriever: str) -> str:
+    """METHOD.md writes the ablations with a minus sign: invar−align, invar−inv."""
+    return retriever.replace("invar-", "invar−")
+
+
+def ordered_retrievers(names) -> list[str]:
+    known = [n for n in RETRIEVER_ORDER if n in names]
+    return known + sorted(n for n in names if n not in RETRIEVER_ORDER)
+
+
 def ordered(datasets) -> list[str]:
     """NQ, TriviaQA, PopQA first (the paper's order), anything else after, alphabetically."""
     known = [d for d in DATASET_NAMES if d in datasets]
@@ -41,7 +54,8 @@ def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = Non
     (read from results["paired_pvalues"]["<row>_vs_<baseline>/<dataset>"]).
     """
     table = {}
-    for name, by_ds in results["retrievers"].items():
+    for name in ordered_retrievers(results["retrievers"]):
+        by_ds = results["retrievers"][name]
         row = {}
         for ds in ordered(by_ds):
             res = by_ds[ds]
@@ -51,5 +65,22 @@ def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = Non
                 if p is not None and p < 0.05:
                     cell += " †"
                 row[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
-        table[name] = row
+        table[display_name(name)] = row
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")
+
+
+def stability_table(results: dict, k: int = 5) -> pd.DataFrame:
+    """Rows: retrievers; columns: dataset × (Jaccard@k of top-k sets between the original question
+    and its rewrites ↑, std of has_answer@k across environments ↓), in percent with 95% CI."""
+    table = {}
+    for name in ordered_retrievers(results["retrievers"]):
+        by_ds = results["retrievers"][name]
+        row = {}
+        for ds in ordered(by_ds):
+            stab = by_ds[ds].get("stability")
+            if not stab:
+                continue
+            row[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(stab[f"jaccard@{k}"])
+            row[f"{DATASET_NAMES.get(ds, ds)} hit-std@{k} ↓"] = fmt_ci(stab[f"has_answer_std@{k}"])
+        table[display_name(name)] = row
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")

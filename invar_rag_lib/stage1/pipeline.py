@@ -82,16 +82,17 @@ class RetrieverStage:
         return compute_lsr(self.model, self.tokenizer, groups, self.envs, rewrites, self.passages,
                            s1.lsr_prompt, path, self.model_fingerprint, s1.lsr_batch_size, log=self.log)
 
-    def training_data(self, groups: Sequence[Group], rewrites, lsr_ll: torch.Tensor) -> TrainingData:
+    def training_data(self, groups: Sequence[Group], rewrites, lsr_ll: torch.Tensor | None) -> TrainingData:
         from .. import losses
 
         rc, s1 = self.profile.retriever, self.profile.stage1
         query_states = {0: self.states([self.query_text(g.question) for g in groups], rc.query_max_len)}
-        for r in range(1, s1.n_rewrites + 1):
+        for r in range(1, (s1.n_rewrites if rewrites else 0) + 1):
             query_states[r] = self.states([self.query_text(rewrites[g.question][r - 1]["text"])
                                            for g in groups], rc.query_max_len)
         passage_states = {}
-        for window in sorted({e.window for e in self.envs}):
+        envs = self.envs if rewrites else self.envs[:1]
+        for window in sorted({e.window for e in envs}):
             flat = self.states([self.passage_text(p) for g in groups for p in g.passage_ids], window)
             size = len(groups[0].passage_ids)
             passage_states[window] = [flat[i * size:(i + 1) * size] for i in range(len(groups))]
@@ -99,8 +100,8 @@ class RetrieverStage:
         return TrainingData(
             query_states=query_states, passage_states=passage_states,
             coarse=torch.tensor([g.coarse_scores for g in groups]),
-            lsr_logq=losses.lsr_distribution(lsr_ll, mask, s1.beta),
-            positive=torch.tensor([g.positive for g in groups]), envs=list(self.envs))
+            lsr_logq=None if lsr_ll is None else losses.lsr_distribution(lsr_ll, mask, s1.beta),
+            positive=torch.tensor([g.positive for g in groups]), envs=list(envs))
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -9,6 +9,7 @@ would leak the answer or lose the question).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -36,17 +37,29 @@ def rule_rewrite(question: str, variant: int) -> str:
     return forms[(variant - 1) % len(forms)]
 
 
+_PREAMBLE = re.compile(r"^\s*(rewrite(n)?( the question)?( to)?|rephrased( question)?|paraphrase(d)?( question)?|"
+                       r"question|the original question (was|is)|the answer to this question is)\s*:\s*",
+                       re.IGNORECASE)
+
+
+def clean_generation(text: str) -> str:
+    """Strip quotes, an echoed 'a -> b' arrow and preambles such as 'Rewrite:'."""
+    text = text.strip().strip("'\"").split("->")[-1].strip().strip("'\"")
+    return _PREAMBLE.sub("", text).strip().strip("'\"").strip()
+
+
 def content_words(text: str) -> set[str]:
     return {w for w in normalize_answer(text).split() if w not in _STOP}
 
 
 def valid_rewrite(rewrite: str, question: str, answers: Sequence[str]) -> bool:
-    """A different wording that keeps at least a third of the question's content words and does
-    not contain a gold answer."""
+    """A different wording, still a question (ends with '?': a small LLM tends to turn the question
+    into a statement carrying a guessed answer), keeping at least a third of the question's
+    content words, and not containing a gold answer."""
     words = rewrite.split()
     asked = content_words(question)
     kept = len(asked & content_words(rewrite)) / len(asked) if asked else 1.0
-    return (3 <= len(words) <= 2 * len(question.split()) + 8
+    return (3 <= len(words) <= 2 * len(question.split()) + 8 and rewrite.rstrip().endswith("?")
             and normalize_answer(rewrite) != normalize_answer(question)
             and kept >= 1 / 3 and not has_answer(rewrite, answers))
 
@@ -90,7 +103,7 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
         elif method != "rules":
             raise ValueError(f"unknown rewrite method {method!r}; use 'llm' or 'rules'")
         for it in items:
-            text = generated.get(it["question"], "").strip().strip("'\"").split("->")[-1].strip().strip("'\"")
+            text = clean_generation(generated.get(it["question"], ""))
             if text and valid_rewrite(text, it["question"], it["golden_answers"]):
                 entry = {"text": text, "source": "llm"}
             else:

@@ -63,7 +63,7 @@ class TrainingData:
     query_states: dict[int, list[torch.Tensor]]  # query variant -> one state per group
     passage_states: dict[int, list[list[torch.Tensor]]]  # window -> G states per group
     coarse: torch.Tensor  # [n, G] MiniLM cosine scores
-    lsr_logq: torch.Tensor  # [E, n, G] log Q_e
+    lsr_logq: torch.Tensor | None  # [E, n, G] log Q_e; None when no objective needs LSR
     positive: torch.Tensor  # [n, G] bool
     envs: list[Environment] = field(default_factory=list)
 
@@ -104,6 +104,8 @@ def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
 def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objective,
                tau_r: float, tau_c: float, padding_side: str = "left") -> tuple[torch.Tensor, dict]:
     idx = list(idx)
+    if (objective.lsr or objective.lam) and data.lsr_logq is None:
+        raise ValueError("this objective needs LSR targets: build TrainingData with LSR scores")
     n_groups = len(data.coarse[0])
     envs = data.envs if objective.needs_environments else data.envs[:1]
     q_reps, p_reps = {}, {}
