@@ -1,0 +1,125 @@
+"""Stage-1 speed figures (issue: trunk encoding vs matmul peak, trunk-cache speed-up, notebook times).
+
+Prints, from one run on this machine:
+  1. fp32 matmul peak (GFLOP/s, best of several 2048^3 GEMMs) and trunk-encoding throughput
+     (tokens/s and GFLOP/s from the trunk's parameter count), with its share of the peak;
+  2. training-step time with the trunk cache (top L layers on cached states) and without it
+     (every layer from the tokens, LoRA on the top L), and their ratio;
+  3. the wall time of notebooks 02-04 from reports/results/timings.json (written by `make reproduce`).
+Writes the same numbers to reports/results/benchmarks/stage1_speed.json.
+
+Usage: .venv/bin/python benchmarks/stage1_speed.py [--profile cpu] [--steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from invar_rag_lib.config import load_profile
+from invar_rag_lib.data import load_benchmark
+from invar_rag_lib.io_utils import atomic_write_json
+from invar_rag_lib.llm.encoder import encode_full, tokenize, trunk_states
+from invar_rag_lib.paths import reports_dir
+from invar_rag_lib.stage1.pipeline import RetrieverStage
+from invar_rag_lib.stage1.train import TopEncoder
+
+
+def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def trunk_flops_per_token(stage: RetrieverStage) -> float:
+    """2 × weights of the trunk's layers (the matmuls; embeddings are a lookup), per token."""
+    decoder = stage.model.get_base_model().model
+    params = sum(p.numel() for layer in decoder.layers[: stage.split] for n, p in layer.named_parameters()
+                 if "lora_" not in n and p.dim() == 2)
+    return 2.0 * params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--texts", type=int, default=128)
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    rc = profile.retriever
+    bench = load_benchmark(profile.name)
+    stage = RetrieverStage(profile, bench, log=lambda *a: None)
+    texts = [stage.passage_text(row["id"]) for row in bench.corpus.select(range(args.texts))]
+
+    peak = matmul_peak()
+    batches = [tokenize(stage.tokenizer, texts[i:i + rc.encode_batch_size], rc.max_len, rc.padding_side)
+               for i in range(0, len(texts), rc.encode_batch_size)]
+    trunk_states(stage.model, batches[0], stage.split)  # warm-up
+    t0 = time.perf_counter()
+    tokens = 0
+    for batch in batches:
+        trunk_states(stage.model, batch, stage.split)
+        tokens += int(batch.input_ids.numel())  # padded tokens are computed too
+    dt = time.perf_counter() - t0
+    tok_s = tokens / dt
+    gflops = tok_s * trunk_flops_per_token(stage) / 1e9
+
+    # One training micro-batch: batch_size queries × group_size passages, original environment.
+    s1 = profile.stage1
+    n_p = s1.batch_size * s1.group_size
+    q_texts = [stage.query_text(q["question"]) for q in bench.eval_records("nq")[: s1.batch_size]]
+    p_texts = texts[:n_p]
+    q_states, p_states = stage.states(q_texts, rc.query_max_len), stage.states(p_texts, rc.max_len)
+    q_tok = tokenize(stage.tokenizer, q_texts, rc.query_max_len, rc.padding_side)
+    p_tok = tokenize(stage.tokenizer, p_texts, rc.max_len, rc.padding_side)
+    stage.model.train()
+    top = TopEncoder(stage.model, stage.split, rc.padding_side)
+    params = [p for p in stage.model.parameters() if p.requires_grad]
+
+    def step(cached: bool) -> float:
+        t = time.perf_counter()
+        if cached:
+            q, p = top.encode(q_states), top.encode(p_states)
+        else:
+            q, p = encode_full(stage.model, q_tok), encode_full(stage.model, p_tok)
+        loss = -(q @ p.T / rc.tau_r).log_softmax(-1).diagonal().mean()
+        loss.backward()
+        for prm in params:
+            prm.grad = None
+        return time.perf_counter() - t
+
+    timings = {}
+    for cached in (True, False):
+        step(cached)
+        timings[cached] = min(step(cached) for _ in range(args.steps))
+    stage.model.eval()
+
+    nb_times = {}
+    tpath = reports_dir(profile.reports_dir) / "results" / "timings.json"
+    if tpath.exists():
+        recorded = json.loads(tpath.read_text())
+        nb_times = {k: v["wall_s"] for k, v in recorded.items() if k[:2] in ("02", "03", "04")}
+    out = {
+        "profile": profile.name, "backbone": rc.backbone, "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": round(peak, 1),
+        "trunk_tokens_per_s": round(tok_s, 1), "trunk_gflops": round(gflops, 1),
+        "trunk_share_of_peak": round(gflops / peak, 3),
+        "train_step_s_with_trunk_cache": round(timings[True], 4),
+        "train_step_s_without_trunk_cache": round(timings[False], 4),
+        "trunk_cache_speedup": round(timings[False] / timings[True], 2),
+        "notebook_wall_s": nb_times, "notebooks_02_04_total_s": round(sum(nb_times.values()), 1),
+    }
+    for k, v in out.items():
+        print(f"{k:36s} {v}")
+    atomic_write_json(reports_dir(profile.reports_dir) / "results" / "benchmarks" / "stage1_speed.json", out)
+
+
+if __name__ == "__main__":
+    main()
