@@ -31,12 +31,40 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--sources", help="directory holding the raw sources (see README)")
     prep.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
+    tr = sub.add_parser("train-retriever", help="train one stage-1 variant and save its adapter "
+                        "(runs under `accelerate launch` unchanged)")
+    tr.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    tr.add_argument("--variant", default="invar",
+                    help="llm-ctr | llm-lsr | invar | invar-align | invar-inv")
+    tr.add_argument("--out", help="checkpoint directory (default data/checkpoints/<profile>/retriever/<variant>)")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+
     rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
     rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
     rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
     rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
                      metavar="NAME=VALUE", help="extra notebook parameter (JSON value)")
     return parser
+
+
+def _train_retriever(args) -> None:
+    from .data import load_benchmark
+    from .paths import data_dir
+    from .stage1.experiment import prepare
+    from .stage1.train import train_retriever, variant_objectives
+
+    profile = load_profile(args.profile)
+    objectives = variant_objectives(profile)
+    if args.variant not in objectives:
+        raise ValueError(f"unknown variant {args.variant!r}; valid variants are {sorted(objectives)}")
+    bench = load_benchmark(profile.name)
+    prepared = prepare(profile, bench)
+    out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
+    result = train_retriever(prepared.stage.model, prepared.stage.split, prepared.data,
+                             objectives[args.variant], profile, out, resume=args.resume)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
+          f"checkpoint {out}/checkpoint-latest")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
             manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
             print(json.dumps(manifest["counts"], indent=2))
+        elif args.command == "train-retriever":
+            _train_retriever(args)
         elif args.command == "reproduce":
             from .reproduce import NotebookFailed, run_notebooks
 

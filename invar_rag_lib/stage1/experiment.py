@@ -56,7 +56,8 @@ def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
     """Train and score `variants` (default: llm-zero + every objective of METHOD.md §1)."""
     stage, rc, cfg = prepared.stage, profile.retriever, profile.retrieval
     variants = variants or {"llm-zero": None, **variant_objectives(profile)}
-    depth = rc.rerank_depth
+    full = rc.mode == "full"  # every corpus passage scored by the LLM (exact inner product)
+    depth = len(stage.passages) if full else rc.rerank_depth
     ks = [k for k in cfg.ks if k <= depth]
     questions = {ds: bench.eval_records(ds) for ds in bench.eval}
     text = {pid: p["text"] for pid, p in stage.passages.items()}
@@ -74,7 +75,7 @@ def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
             per_env = []
             for e in range(n_env):
                 texts = [q["question"] if e == 0 else eval_rewrites[q["question"]][e - 1]["text"] for q in qs]
-                ranked = coarse.search(name, texts, max(depth, max(cfg.ks)))
+                ranked = coarse.search(name, texts, max(cfg.ks) if full else max(depth, max(cfg.ks)))
                 per_env.append({q["id"]: r for q, r in zip(qs, ranked)})
             coarse_runs[name][ds] = per_env
     results, training = {}, {}
@@ -91,19 +92,23 @@ def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
             timings[f"train_{name}_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         results[name] = {}
+        memo: dict = {}  # passage reps under this variant's weights, shared by datasets and rewrites
         for ds, qs in questions.items():
             per_env = []
             for e in range(n_env):
                 qtexts = None if e == 0 else {q["id"]: eval_rewrites[q["question"]][e - 1]["text"] for q in qs}
-                per_env.append(stage.rerank(qs, coarse_runs["minilm"][ds][e], depth, query_texts=qtexts,
-                                            adapter=objective is not None))
+                cands = ({q["id"]: list(stage.passages) for q in qs} if full
+                         else coarse_runs["minilm"][ds][e])
+                ranked = stage.rerank(qs, cands, depth, query_texts=qtexts,
+                                      adapter=objective is not None, memo=memo)
+                per_env.append({qid: r[: max(cfg.ks)] for qid, r in ranked.items()})
             results[name][ds] = score_variant(per_env, qs, text, ks, 5, cfg.bootstrap_resamples, profile.seed)
         timings[f"eval_{name}_s"] = time.perf_counter() - t1
         log(f"{name}: " + ", ".join(f"{ds} acc@5 {r['metrics']['acc@5']['mean']:.2f}"
                                     for ds, r in results[name].items()))
     stage.reset_adapter()
     return {
-        "mode": f"rerank of MiniLM's top {depth}" if rc.mode == "rerank" else "full",
+        "mode": "full corpus (exact inner product)" if full else f"rerank of MiniLM's top {depth}",
         "ks": ks, "retrievers": results,
         "paired_pvalues": paired_pvalues(results, ["minilm", "llm-ctr"], ks, cfg.bootstrap_resamples, profile.seed),
         "training": {k: v["history"] for k, v in training.items()},

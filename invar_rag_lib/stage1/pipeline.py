@@ -105,15 +105,31 @@ class RetrieverStage:
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
+    def passage_reps(self, pids: Sequence[str], memo: dict | None = None, adapter: bool = True) -> torch.Tensor:
+        """h(d) for `pids` with the adapter as it is now; `memo` (pid -> rep) avoids re-encoding a
+        passage for every dataset and environment of one evaluation."""
+        rc = self.profile.retriever
+        memo = {} if memo is None else memo
+        todo = [p for p in dict.fromkeys(pids) if p not in memo]
+        if todo:
+            enc = self.encoder().eval()
+            with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
+                states = self.states([self.passage_text(p) for p in todo], rc.max_len)
+                reps = torch.cat([enc.encode(chunk) for chunk in _chunks(states, 64)])
+            memo.update(zip(todo, reps))
+        return torch.stack([memo[p] for p in pids])
+
+    @torch.no_grad()
     def rerank(self, questions: Sequence[dict], candidates: dict[str, list[str]], depth: int,
-               query_texts: dict[str, str] | None = None, adapter: bool = True) -> dict[str, list[str]]:
-        """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids."""
+               query_texts: dict[str, str] | None = None, adapter: bool = True,
+               memo: dict | None = None) -> dict[str, list[str]]:
+        """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids.
+        Pass the same `memo` to every call made with the same adapter weights."""
         rc = self.profile.retriever
         enc = self.encoder().eval()
         pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
+        p_reps = self.passage_reps(pool, memo, adapter)
         with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
-            p_reps = torch.cat([enc.encode(chunk) for chunk in _chunks(
-                self.states([self.passage_text(p) for p in pool], rc.max_len), 64)])
             texts = [self.query_text((query_texts or {}).get(q["id"], q["question"])) for q in questions]
             q_reps = torch.cat([enc.encode(chunk) for chunk in _chunks(self.states(texts, rc.query_max_len), 64)])
         row = {p: i for i, p in enumerate(pool)}

@@ -80,6 +80,8 @@ class TopEncoder(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         decoder = decoder_of(self.model)
+        weight = decoder.norm.weight  # states live on the CPU; the model may be on a GPU
+        hidden, mask = hidden.to(weight.device, weight.dtype), mask.to(weight.device)
         out = run_layers(decoder, hidden, mask, self.split, decoder.config.num_hidden_layers, True)
         return F.normalize(last_token_pool(out, mask).float(), dim=-1)
 
@@ -119,21 +121,22 @@ def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objec
     scores = torch.stack([
         torch.einsum("bd,bgd->bg", q_reps[e.query_variant],
                      p_reps[e.window].view(len(idx), n_groups, -1)) / tau_r for e in envs])
-    mask = torch.ones(len(idx), n_groups, dtype=torch.bool)
+    device = scores.device
+    mask = torch.ones(len(idx), n_groups, dtype=torch.bool, device=device)
     orig = envs[0]
-    positive = torch.zeros(len(idx), len(idx) * n_groups, dtype=torch.bool)
+    positive = torch.zeros(len(idx), len(idx) * n_groups, dtype=torch.bool, device=device)
     for b, i in enumerate(idx):
-        positive[b, b * n_groups:(b + 1) * n_groups] = data.positive[i]
+        positive[b, b * n_groups:(b + 1) * n_groups] = data.positive[i].to(device)
     l_ctr = losses.contrastive_loss(q_reps[orig.query_variant], p_reps[orig.window], positive, tau_r)
     parts = {"ctr": l_ctr}
     if objective.alpha:
-        parts["align"] = losses.alignment_loss(data.coarse[idx], scores[0], mask, tau_c)
+        parts["align"] = losses.alignment_loss(data.coarse[idx].to(device), scores[0], mask, tau_c)
     if objective.lsr:
         student = losses.group_log_softmax(scores[0], mask)
-        parts["lsr"] = losses.kl_to_student(data.lsr_logq[0, idx], student, mask)
+        parts["lsr"] = losses.kl_to_student(data.lsr_logq[0, idx].to(device), student, mask)
     diag = {}
     if objective.lam:
-        parts["inv"], diag = losses.invariance_loss(scores, data.lsr_logq[:, idx], mask, objective.gamma)
+        parts["inv"], diag = losses.invariance_loss(scores, data.lsr_logq[:, idx].to(device), mask, objective.gamma)
     total = (l_ctr + objective.alpha * parts.get("align", 0.0) + objective.lam * parts.get("inv", 0.0)
              + objective.lsr * parts.get("lsr", 0.0))
     logs = {k: float(v.detach()) for k, v in parts.items()}
