@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..baselines import CoarseRetrievers
 from ..config import Profile
 from ..data import TRAIN_SOURCES, Benchmark
 from ..metrics import has_answer
-from ..paths import cache_dir
-from ..retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
 
 
 @dataclass
@@ -42,18 +41,12 @@ def select_training_questions(bench: Benchmark, n_total: int, seed: int) -> list
 
 
 def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> list[Group]:
-    cfg, s1 = profile.retrieval, profile.stage1
-    ids, shown, text = [], [], {}
-    for row in bench.corpus:
-        ids.append(row["id"])
-        shown.append(cfg.passage_format.format(title=row["title"], text=row["text"]).strip())
-        text[row["id"]] = row["text"]
-    encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
-    cache = EmbeddingCache(cache_dir() / "embeddings", encoder.fingerprint)
-    corpus_emb = cache.get_or_encode(shown, encoder.encode, log=log)
-    row_of = {pid: i for i, pid in enumerate(ids)}
-    q_emb = cache.get_or_encode([q["question"] for q in questions], encoder.encode, log=log)
-    ranked, _ = DenseRetriever(ids, corpus_emb).search_embeddings(q_emb, s1.coarse_candidates)
+    s1 = profile.stage1
+    coarse = CoarseRetrievers(profile, bench, log=log)
+    text, corpus_emb = coarse.text, coarse.corpus_emb
+    row_of = {pid: i for i, pid in enumerate(coarse.ids)}
+    q_emb = coarse.cache.get_or_encode([q["question"] for q in questions], coarse.encoder.encode, log=log)
+    ranked, _ = coarse.dense.search_embeddings(q_emb, s1.coarse_candidates)
 
     groups, skipped = [], 0
     for q, qe, cands in zip(questions, q_emb, ranked):
