@@ -96,13 +96,19 @@ def split_point(model, lora_layers: int) -> int:
     return 0 if lora_layers == 0 else n - lora_layers
 
 
+def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+    """h(x) from the input of layer `start` ([B, T, D]): layers [start, N), final norm, EOS
+    pooling, L2 norm. Inputs are moved to the model's device and dtype (states live on the CPU)."""
+    decoder = decoder_of(model)
+    weight = decoder.norm.weight
+    hidden, attention_mask = hidden.to(weight.device, weight.dtype), attention_mask.to(weight.device)
+    hidden = run_layers(decoder, hidden, attention_mask, start, decoder.config.num_hidden_layers, final_norm=True)
+    return F.normalize(last_token_pool(hidden, attention_mask).float(), dim=-1)
+
+
 def encode_full(model, batch: Batch) -> torch.Tensor:
     """h(x) by a plain forward through every layer: [B, D], L2-normalised."""
-    decoder = decoder_of(model)
-    hidden = decoder.embed_tokens(batch.input_ids)
-    n = decoder.config.num_hidden_layers
-    hidden = run_layers(decoder, hidden, batch.attention_mask, 0, n, final_norm=True)
-    return F.normalize(last_token_pool(hidden, batch.attention_mask).float(), dim=-1)
+    return encode_hidden(model, decoder_of(model).embed_tokens(batch.input_ids), batch.attention_mask, 0)
 
 
 @torch.no_grad()
@@ -129,11 +135,8 @@ def pad_states(states: Sequence[torch.Tensor], padding_side: str = "left") -> tu
 def encode_from_trunk(model, states: Sequence[torch.Tensor], split: int,
                       padding_side: str = "left") -> torch.Tensor:
     """h(x) from cached trunk states: only layers [split, N) run (with the LoRA adapter)."""
-    decoder = decoder_of(model)
     hidden, mask = pad_states(states, padding_side)
-    hidden = hidden.to(decoder.embed_tokens.weight.dtype)
-    hidden = run_layers(decoder, hidden, mask, split, decoder.config.num_hidden_layers, final_norm=True)
-    return F.normalize(last_token_pool(hidden, mask).float(), dim=-1)
+    return encode_hidden(model, hidden, mask, split)
 
 
 def add_retriever_adapter(model, lora_layers: int, r: int, alpha: int, dropout: float,

@@ -10,7 +10,7 @@ from ..llm.encoder import encode_full, tokenize
 from ..paths import data_dir
 from .groups import build_groups, select_training_questions
 from .pipeline import RetrieverStage
-from .train import Objective, TrainingData, train_retriever
+from .train import Objective, TrainingData, group_scores, train_retriever
 
 
 @torch.no_grad()
@@ -38,7 +38,7 @@ def group_distributions(stage: RetrieverStage, data: TrainingData, tau_r: float,
     flat = [s for group in data.passage_states[window] for s in group]
     p = torch.cat([enc.encode(flat[i:i + 64]) for i in range(0, len(flat), 64)])
     n, g = data.coarse.shape
-    scores = torch.einsum("nd,ngd->ng", q, p.view(n, g, -1)) / tau_r
+    scores = group_scores(q, p, tau_r)
     mask = torch.ones(n, g, dtype=torch.bool)
     return (losses.group_log_softmax(data.coarse, mask, tau_c).exp(),
             losses.group_log_softmax(scores, mask).exp(), scores)

@@ -18,7 +18,7 @@ from ..llm.encoder import (add_retriever_adapter, format_passage, format_query, 
                            tokenize, trunk_states)
 from ..llm.trunk_cache import TrunkCache, trunk_fingerprint
 from ..paths import cache_dir
-from .environments import Environment, environments
+from .environments import environments
 from .groups import Group
 from .lsr import compute_lsr
 from .rewrites import make_rewrites

@@ -23,12 +23,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import losses
 from ..config import Profile
 from ..io_utils import atomic_write_json, replace_dir
-from ..llm.encoder import RETRIEVER_ADAPTER, decoder_of, last_token_pool, pad_states, run_layers
+from ..llm.encoder import RETRIEVER_ADAPTER, encode_hidden, pad_states
 from .environments import Environment
 
 
@@ -79,11 +78,7 @@ class TopEncoder(torch.nn.Module):
         self.model, self.split, self.padding_side = model, split, padding_side
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        decoder = decoder_of(self.model)
-        weight = decoder.norm.weight  # states live on the CPU; the model may be on a GPU
-        hidden, mask = hidden.to(weight.device, weight.dtype), mask.to(weight.device)
-        out = run_layers(decoder, hidden, mask, self.split, decoder.config.num_hidden_layers, True)
-        return F.normalize(last_token_pool(out, mask).float(), dim=-1)
+        return encode_hidden(self.model, hidden, mask, self.split)
 
     def encode(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
         return encode_states(self, states, self.padding_side)
@@ -93,6 +88,11 @@ def encode_states(encoder, states: Sequence[torch.Tensor], padding_side: str) ->
     """Pad and run through `encoder.__call__`, so a DDP wrapper sees the forward (and syncs grads)."""
     hidden, mask = pad_states(states, padding_side)
     return encoder(hidden, mask)
+
+
+def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, tau_r: float) -> torch.Tensor:
+    """s_θ(q, d) for each query's own group: q_reps [B, D], p_reps [B*G, D] (grouped) -> [B, G]."""
+    return torch.einsum("bd,bgd->bg", q_reps, p_reps.view(q_reps.shape[0], -1, q_reps.shape[1])) / tau_r
 
 
 def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
@@ -118,9 +118,7 @@ def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objec
         if env.window not in p_reps:
             flat = [s for i in idx for s in data.passage_states[env.window][i]]
             p_reps[env.window] = encode_states(encoder, flat, padding_side)
-    scores = torch.stack([
-        torch.einsum("bd,bgd->bg", q_reps[e.query_variant],
-                     p_reps[e.window].view(len(idx), n_groups, -1)) / tau_r for e in envs])
+    scores = torch.stack([group_scores(q_reps[e.query_variant], p_reps[e.window], tau_r) for e in envs])
     device = scores.device
     mask = torch.ones(len(idx), n_groups, dtype=torch.bool, device=device)
     orig = envs[0]
