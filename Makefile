@@ -23,6 +23,10 @@ $(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproje
 reproduce: setup
 	$(VENV)/bin/invar-rag reproduce --profile $(PROFILE)
 
+# Every table and figure, and reports/README.md, from reports/results alone (no model).
+report: setup
+	$(VENV)/bin/invar-rag report --profile $(PROFILE)
+
 test: unit nbval
 
 unit: setup

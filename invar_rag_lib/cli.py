@@ -1,4 +1,4 @@
-"""`invar-rag`: prepare data, run the notebooks, (later) regenerate reports."""
+"""`invar-rag`: prepare data, train a retriever, run the notebooks, regenerate the reports."""
 from __future__ import annotations
 
 import argparse
@@ -44,13 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
     rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
                      metavar="NAME=VALUE", help="extra notebook parameter (JSON value)")
+    rp = sub.add_parser("report", help="regenerate every table and figure, and the gallery README, "
+                        "from <reports>/results alone (no model)")
+    rp.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     return parser
 
 
 def _train_retriever(args) -> None:
     from .data import load_benchmark
     from .paths import data_dir
-    from .stage1.experiment import prepare
+    from .stage1.experiment import data_key, prepare
     from .stage1.train import train_retriever, variant_objectives
 
     profile = load_profile(args.profile)
@@ -60,8 +63,10 @@ def _train_retriever(args) -> None:
     bench = load_benchmark(profile.name)
     prepared = prepare(profile, bench)
     out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
+    # The same data key as the notebooks', so notebooks 05 and 07 can reuse this checkpoint.
     result = train_retriever(prepared.stage.model, prepared.stage.split, prepared.data,
-                             objectives[args.variant], profile, out, resume=args.resume)
+                             objectives[args.variant], profile, out, resume=args.resume,
+                             data_key=data_key(bench, prepared))
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
           f"checkpoint {out}/checkpoint-latest")
@@ -77,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(manifest["counts"], indent=2))
         elif args.command == "train-retriever":
             _train_retriever(args)
+        elif args.command == "report":
+            import time
+
+            from .artifacts import report
+            from .reporting import Reports
+
+            t0 = time.perf_counter()
+            reports = Reports(load_profile(args.profile))
+            status = report(reports)
+            made = sum(s == "ok" for s in status.values())
+            print(f"{made} of {len(status)} tables and figures regenerated from "
+                  f"{reports.relative(reports.root / 'results')} in {time.perf_counter() - t0:.1f} s; "
+                  f"gallery: {reports.relative(reports.root / 'README.md')}")
+            if made < len(status):
+                return 1
         elif args.command == "reproduce":
             from .reproduce import NotebookFailed, run_notebooks
 

@@ -92,6 +92,52 @@ class Stage1Config:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """Stage 2 (METHOD.md §2): the `generator` adapter, its prompts, training and decoding.
+
+    The adapter has the retriever's LoRA shape (`retriever.lora_*`, same top `L` layers), so the
+    trunk cache serves its training too. The prompt is `instruction` + `n_shot` demonstrations +
+    the top-`k` passages (each cut to `passage_tokens` tokens) + the question; the demonstrations
+    come first, so one key/value cache of that shared prefix serves every prompt.
+    """
+    retriever_variant: str = "invar"  # whose top-k passages the generator reads (frozen)
+    k: int = 5
+    passage_tokens: int = 64
+    n_shot: int = 8
+    instruction: str = "Answer the question with a short answer, using the passages.\n\n"
+    demo_template: str = "Question: {q}\nAnswer: {a}\n\n"
+    passage_template: str = "Passage: {passage}\n"  # {passage} = "{title}. {text}", or the text if untitled
+    question_template: str = "Question: {q}\nAnswer:"
+    train_sources: tuple[str, ...] = ("tqa_dev", "nq_gold")  # WikiQA answers are sentences
+    demo_sources: tuple[str, ...] = ("nq_gold",)  # NQ answers are canonical; TriviaQA lists aliases in any order
+    # "first": the first gold answer (METHOD.md); "in_context": the first gold answer that the given
+    # passages contain (DPR has_answer), else the first. TriviaQA's first alias is arbitrary
+    # ('Yellowest' for the colour of a JCB digger), so the cpu profile grounds the target.
+    target_answer: str = "in_context"
+    train_questions: int = 300
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_steps: int = 5
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 16
+    generate_batch_size: int = 16
+    decode_attention: str = "sdpa"  # attention kernel while decoding ("eager" | "sdpa"); sdpa is faster on CPU
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """The sweeps of notebook 07 that this profile runs; METHOD.md's full grids are
+    `FULL_LAMBDAS` / `FULL_REWRITES`, and a point left out here is reported as not run."""
+    lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 2.0)
+    rewrites: tuple[int, ...] = (0, 1, 2)
+
+
+FULL_LAMBDAS = (0.0, 0.1, 0.5, 1.0, 2.0)
+FULL_REWRITES = (0, 1, 2)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     seed: int = 0
@@ -102,13 +148,15 @@ class Profile:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    ablations: AblationConfig = field(default_factory=AblationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS = {"data": DataConfig, "retrieval": RetrievalConfig, "retriever": RetrieverConfig,
-             "stage1": Stage1Config}
+             "stage1": Stage1Config, "generator": GeneratorConfig, "ablations": AblationConfig}
 
 
 def available_profiles() -> list[str]:
@@ -131,6 +179,8 @@ def _build(cls, values: Mapping[str, Any], where: str):
                 raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
             value = tuple(value)
             element = type(default[0]) if default else None
+            if element is float:
+                value = tuple(float(v) if type(v) is int else v for v in value)
             if element and not all(type(v) is element for v in value):
                 raise ConfigError(f"{where}.{key}: expected a list of {element.__name__}, got {list(value)!r}")
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -193,6 +243,19 @@ def _validate(p: Profile, where: str) -> None:
         raise ConfigError(f"{where}.stage1.coarse_candidates must be >= group_size")
     if any(w < 2 or w >= r.max_len for w in s1.windows):
         raise ConfigError(f"{where}.stage1.windows must lie in 2..retriever.max_len-1 (= {r.max_len - 1})")
+    g = p.generator
+    if g.k < 0 or g.n_shot < 0 or g.passage_tokens < 1 or g.max_new_tokens < 1:
+        raise ConfigError(f"{where}.generator: k and n_shot must be >= 0, passage_tokens and max_new_tokens >= 1")
+    for key in ("train_sources", "demo_sources"):
+        bad = [s for s in getattr(g, key) if s not in ("tqa_dev", "nq_gold", "wikiqa")]
+        if bad or not getattr(g, key):
+            raise ConfigError(f"{where}.generator.{key}: unknown {bad}; valid are ['tqa_dev', 'nq_gold', 'wikiqa']")
+    if g.decode_attention not in ("eager", "sdpa"):
+        raise ConfigError(f"{where}.generator.decode_attention must be 'eager' or 'sdpa', got {g.decode_attention!r}")
+    if g.target_answer not in ("first", "in_context"):
+        raise ConfigError(f"{where}.generator.target_answer must be 'first' or 'in_context', got {g.target_answer!r}")
+    if any(r < 0 for r in p.ablations.rewrites) or any(l < 0 for l in p.ablations.lams):
+        raise ConfigError(f"{where}.ablations: lams and rewrites must be >= 0")
     if r.max_len < 2 or r.query_max_len < 2:
         raise ConfigError(f"{where}.retriever: max_len and query_max_len must be >= 2 (text + EOS)")
 

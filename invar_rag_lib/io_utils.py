@@ -62,3 +62,13 @@ def replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return final_dir
+
+
+def jsonable(value):
+    """Tuples become lists, as they do in a JSON round trip (so a config compares equal to its
+    saved copy)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

@@ -10,6 +10,7 @@ import importlib.metadata
 import io
 import json
 import platform
+from datetime import datetime, timezone
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def provenance(profile: Profile) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {"profile": profile.name, "seed": profile.seed, "config": profile.to_dict(),
-            "git_revision": git_revision(), "python": platform.python_version(),
+            "git_revision": git_revision(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
             "packages": versions}
 
 

@@ -7,12 +7,14 @@ for the stability metrics), and scores them beside BM25 and MiniLM.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 from ..baselines import CoarseRetrievers
 from ..config import Profile
 from ..data import Benchmark
+from ..io_utils import sha256_text
 from ..paths import data_dir
 from .evaluate import paired_pvalues, score_variant
 from .groups import Group, build_groups, select_training_questions
@@ -51,69 +53,115 @@ def prepare(profile: Profile, bench: Benchmark, stage: RetrieverStage | None = N
     return Prepared(stage, groups, rewrites, lsr, data, timings)
 
 
-def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
-                 variants: dict[str, Objective | None] | None = None, log=print) -> dict:
-    """Train and score `variants` (default: llm-zero + every objective of METHOD.md §1)."""
-    stage, rc, cfg = prepared.stage, profile.retriever, profile.retrieval
-    variants = variants or {"llm-zero": None, **variant_objectives(profile)}
-    full = rc.mode == "full"  # every corpus passage scored by the LLM (exact inner product)
-    depth = len(stage.passages) if full else rc.rerank_depth
-    ks = [k for k in cfg.ks if k <= depth]
-    questions = {ds: bench.eval_records(ds) for ds in bench.eval}
-    text = {pid: p["text"] for pid, p in stage.passages.items()}
-    coarse = CoarseRetrievers(profile, bench, log=log)
-    eval_items = [q for qs in questions.values() for q in qs]
-    t0 = time.perf_counter()
-    eval_rewrites = stage.rewrites(eval_items)
-    timings = {"eval_rewrites_s": time.perf_counter() - t0}
-    n_env = 1 + profile.stage1.n_rewrites
-    # Coarse runs for the original question and each rewrite: baselines and rerank candidates.
-    coarse_runs = {}
-    for name in ("bm25", "minilm"):
-        coarse_runs[name] = {}
-        for ds, qs in questions.items():
+class Evaluation:
+    """The evaluation side shared by every variant: questions, their rewrites (the stability
+    environments), and BM25 / MiniLM runs for each environment (baselines and rerank candidates)."""
+
+    def __init__(self, profile: Profile, bench: Benchmark, stage: RetrieverStage, log=print):
+        rc, cfg = profile.retriever, profile.retrieval
+        self.profile, self.stage, self.log = profile, stage, log
+        self.full = rc.mode == "full"  # every corpus passage scored by the LLM (exact inner product)
+        self.depth = len(stage.passages) if self.full else rc.rerank_depth
+        self.ks = [k for k in cfg.ks if k <= self.depth]
+        self.questions = {ds: bench.eval_records(ds) for ds in bench.eval}
+        self.text = {pid: p["text"] for pid, p in stage.passages.items()}
+        coarse = CoarseRetrievers(profile, bench, log=log)
+        t0 = time.perf_counter()
+        self.rewrites = stage.rewrites([q for qs in self.questions.values() for q in qs])
+        self.timings = {"eval_rewrites_s": time.perf_counter() - t0}
+        self.n_env = 1 + profile.stage1.n_rewrites
+        self.coarse_runs: dict = {}
+        for name in ("bm25", "minilm"):
+            self.coarse_runs[name] = {}
+            for ds, qs in self.questions.items():
+                per_env = []
+                for e in range(self.n_env):
+                    texts = [self.query(q, e) for q in qs]
+                    ranked = coarse.search(name, texts, max(cfg.ks) if self.full else max(self.depth, max(cfg.ks)))
+                    per_env.append({q["id"]: r for q, r in zip(qs, ranked)})
+                self.coarse_runs[name][ds] = per_env
+
+    def query(self, q: dict, env: int) -> str:
+        return q["question"] if env == 0 else self.rewrites[q["question"]][env - 1]["text"]
+
+    def score(self, per_env: list[dict], ds: str) -> dict:
+        cfg = self.profile.retrieval
+        return score_variant(per_env, self.questions[ds], self.text, self.ks, 5, cfg.bootstrap_resamples,
+                             self.profile.seed)
+
+    def score_coarse(self, name: str) -> dict:
+        return {ds: self.score(self.coarse_runs[name][ds], ds) for ds in self.questions}
+
+    def llm_runs(self, adapter: bool) -> dict[str, list[dict]]:
+        """Ranked ids per dataset and environment under the retriever adapter as it is now."""
+        stage, out = self.stage, {}
+        memo: dict = {}  # passage reps under these weights, shared by datasets and rewrites
+        for ds, qs in self.questions.items():
             per_env = []
-            for e in range(n_env):
-                texts = [q["question"] if e == 0 else eval_rewrites[q["question"]][e - 1]["text"] for q in qs]
-                ranked = coarse.search(name, texts, max(cfg.ks) if full else max(depth, max(cfg.ks)))
-                per_env.append({q["id"]: r for q, r in zip(qs, ranked)})
-            coarse_runs[name][ds] = per_env
-    results, training = {}, {}
-    for name in ("bm25", "minilm"):
-        results[name] = {ds: score_variant(coarse_runs[name][ds], questions[ds], text, ks, 5,
-                                           cfg.bootstrap_resamples, profile.seed) for ds in questions}
+            for e in range(self.n_env):
+                qtexts = None if e == 0 else {q["id"]: self.query(q, e) for q in qs}
+                cands = ({q["id"]: list(stage.passages) for q in qs} if self.full
+                         else self.coarse_runs["minilm"][ds][e])
+                ranked = stage.rerank(qs, cands, self.depth, query_texts=qtexts, adapter=adapter, memo=memo)
+                per_env.append({qid: r[: max(self.profile.retrieval.ks)] for qid, r in ranked.items()})
+            out[ds] = per_env
+        return out
+
+    def score_llm(self, adapter: bool) -> dict:
+        runs = self.llm_runs(adapter)
+        return {ds: self.score(runs[ds], ds) for ds in self.questions}
+
+    @property
+    def mode(self) -> str:
+        return "full corpus (exact inner product)" if self.full else f"rerank of MiniLM's top {self.depth}"
+
+
+def data_key(bench: Benchmark, prepared: Prepared) -> str:
+    """What a trained adapter depends on besides its config: benchmark build, trunk weights, groups."""
+    groups = [[g.question, list(g.passage_ids)] for g in prepared.groups]
+    return sha256_text(bench.manifest["build_key"], prepared.stage.model_fingerprint, json.dumps(groups))[:16]
+
+
+def train_variant(profile: Profile, bench: Benchmark, prepared: Prepared, name: str,
+                  objective: Objective | None, reuse: bool = False, log=print) -> dict | None:
+    """Reset the adapter, train `objective` into data/checkpoints/<profile>/retriever/<name>
+    (None = llm-zero, no training); returns the training record."""
+    prepared.stage.reset_adapter()
+    if objective is None:
+        return None
+    out = data_dir() / "checkpoints" / profile.name / "retriever" / name
+    return train_retriever(prepared.stage.model, prepared.stage.split, prepared.data, objective, profile,
+                           out, log=log, data_key=data_key(bench, prepared), reuse=reuse)
+
+
+def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
+                 variants: dict[str, Objective | None] | None = None, log=print,
+                 evaluation: Evaluation | None = None) -> dict:
+    """Train and score `variants` (default: llm-zero + every objective of METHOD.md §1)."""
+    stage, cfg = prepared.stage, profile.retrieval
+    variants = variants or {"llm-zero": None, **variant_objectives(profile)}
+    ev = evaluation or Evaluation(profile, bench, stage, log=log)
+    timings = dict(ev.timings)
+    results = {name: ev.score_coarse(name) for name in ("bm25", "minilm")}
+    training = {}
     for name, objective in variants.items():
         t0 = time.perf_counter()
-        stage.reset_adapter()
-        if objective is not None:
-            out = data_dir() / "checkpoints" / profile.name / "retriever" / name
-            training[name] = train_retriever(stage.model, stage.split, prepared.data, objective, profile,
-                                             out, log=log)
+        record = train_variant(profile, bench, prepared, name, objective, log=log)
+        if record is not None:
+            training[name] = record
             timings[f"train_{name}_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        results[name] = {}
-        memo: dict = {}  # passage reps under this variant's weights, shared by datasets and rewrites
-        for ds, qs in questions.items():
-            per_env = []
-            for e in range(n_env):
-                qtexts = None if e == 0 else {q["id"]: eval_rewrites[q["question"]][e - 1]["text"] for q in qs}
-                cands = ({q["id"]: list(stage.passages) for q in qs} if full
-                         else coarse_runs["minilm"][ds][e])
-                ranked = stage.rerank(qs, cands, depth, query_texts=qtexts,
-                                      adapter=objective is not None, memo=memo)
-                per_env.append({qid: r[: max(cfg.ks)] for qid, r in ranked.items()})
-            results[name][ds] = score_variant(per_env, qs, text, ks, 5, cfg.bootstrap_resamples, profile.seed)
+        results[name] = ev.score_llm(adapter=objective is not None)
         timings[f"eval_{name}_s"] = time.perf_counter() - t1
         log(f"{name}: " + ", ".join(f"{ds} acc@5 {r['metrics']['acc@5']['mean']:.2f}"
                                     for ds, r in results[name].items()))
     stage.reset_adapter()
     return {
-        "mode": "full corpus (exact inner product)" if full else f"rerank of MiniLM's top {depth}",
-        "ks": ks, "retrievers": results,
-        "paired_pvalues": paired_pvalues(results, ["minilm", "llm-ctr"], ks, cfg.bootstrap_resamples, profile.seed),
+        "mode": ev.mode, "ks": ev.ks, "retrievers": results,
+        "paired_pvalues": paired_pvalues(results, ["minilm", "llm-ctr"], ev.ks, cfg.bootstrap_resamples, profile.seed),
         "training": {k: v["history"] for k, v in training.items()},
         "objectives": {k: (None if v is None else v.__dict__) for k, v in variants.items()},
-        "eval_rewrite_sources": _count_sources(eval_rewrites),
+        "eval_rewrite_sources": _count_sources(ev.rewrites),
         "timings_s": {k: round(v, 1) for k, v in {**prepared.timings, **timings}.items()},
     }
 

@@ -26,7 +26,7 @@ import torch
 
 from .. import losses
 from ..config import Profile
-from ..io_utils import atomic_write_json, replace_dir
+from ..io_utils import atomic_write_json, jsonable, replace_dir
 from ..llm.encoder import RETRIEVER_ADAPTER, encode_hidden, pad_states
 from .environments import Environment
 
@@ -150,20 +150,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def lora_state(model) -> dict[str, torch.Tensor]:
+def lora_state(model, adapter_name: str = RETRIEVER_ADAPTER) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().clone().contiguous() for k, v in
-            get_peft_model_state_dict(model, adapter_name=RETRIEVER_ADAPTER).items()}
+            get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
+def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list,
+                    adapter_name: str = RETRIEVER_ADAPTER) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        save_file(lora_state(model), str(tmp / "adapter.safetensors"))
+        save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1],
                     "python": random.getstate()[1]}, tmp / "rng.pt")
@@ -174,11 +175,11 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
         raise
 
 
-def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
+def load_checkpoint(path: Path, model, optimizer, adapter_name: str = RETRIEVER_ADAPTER) -> tuple[int, list]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")), adapter_name=RETRIEVER_ADAPTER)
+    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")), adapter_name=adapter_name)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
@@ -186,9 +187,33 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
     return state["step"], state["history"]
 
 
+def finished_checkpoint(out_dir: str | Path, config: dict) -> dict | None:
+    """The state of `out_dir`'s latest checkpoint if it finished training with exactly `config`
+    (objective, hyper-parameters, seed, data key); else None."""
+    state_file = Path(out_dir) / "checkpoint-latest" / "state.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    done = state.get("config") == config and state.get("step") == config.get("total_steps")
+    return state if done else None
+
+
+def load_adapter(model, out_dir: str | Path, adapter_name: str) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(out_dir) / "checkpoint-latest" / "adapter.safetensors"
+    set_peft_model_state_dict(model, load_file(str(path)), adapter_name=adapter_name)
+
+
 def train_retriever(model, split: int, data: TrainingData, objective: Objective, profile: Profile,
-                    out_dir: str | Path, resume: bool = False, log=print, stop_after: int | None = None) -> dict:
-    """Train the `retriever` adapter of `model` (peft, already added) on `data`; returns history."""
+                    out_dir: str | Path, resume: bool = False, log=print, stop_after: int | None = None,
+                    data_key: str = "", reuse: bool = False) -> dict:
+    """Train the `retriever` adapter of `model` (peft, already added) on `data`; returns history.
+
+    With `reuse`, a finished checkpoint in `out_dir` made with the same config and `data_key` is
+    loaded instead of training again (notebooks 05 and 07 reuse notebook 04's variants this way).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -208,7 +233,12 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         raise ValueError(f"{len(data)} training groups are fewer than one global batch "
                          f"({micro} x {world} processes x {s1.grad_accum} accumulation)")
     config = {"objective": asdict(objective), "stage1": asdict(s1), "seed": profile.seed,
-              "processes": world, "total_steps": total_steps}
+              "processes": world, "total_steps": total_steps, "data_key": data_key}
+    config = jsonable(config)
+    if reuse and (done := finished_checkpoint(out_dir, config)):
+        load_adapter(accelerator.unwrap_model(encoder).model, out_dir, RETRIEVER_ADAPTER)
+        log(f"reused the finished checkpoint in {out_dir} (same config and data)")
+        return {"history": done["history"], "config": config, "reused": True}
     step, history = 0, []
     latest = out_dir / "checkpoint-latest"
     if resume and (latest / "state.json").exists():

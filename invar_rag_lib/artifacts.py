@@ -1,0 +1,206 @@
+"""Every table and figure of the study, in one registry used three ways: the notebooks show them
+(`show`), `invar-rag report` regenerates them all from `reports/results/` alone (`build_all`), and
+`reports/README.md`, the gallery, lists them with one sentence each (`write_gallery`).
+
+An artifact names the results file(s) it reads and a function of those results only: no model, no
+data, no profile object (captions take the profile from the results' provenance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import figures, study_figures, study_tables, tables
+from .io_utils import atomic_write_text
+from .reporting import Reports
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stem: str  # file stem under tables/ (md, csv, tex) or figures/ (png, pdf)
+    kind: str  # "table" | "figure"
+    results: tuple[str, ...]  # results names read, e.g. ("04_retriever/retrieval",)
+    make: Callable[..., Any]  # results dicts -> DataFrame | Figure
+    about: str  # one sentence for the gallery
+    caption: Callable[..., str] | None = None  # tables: results dicts -> caption
+
+
+def _profile(r: dict) -> str:
+    return r["provenance"]["profile"]
+
+
+def _ks(r: dict) -> tuple[int, ...]:
+    return tuple(r["provenance"]["config"]["retrieval"]["ks"])
+
+
+def _p_vs_ctr(r: dict) -> pd.DataFrame:
+    rows = {f"{tables.display_name(n)} / {ds}": r["paired_pvalues"][f"{n}_vs_llm-ctr/{ds}"]
+            for n in tables.ordered_retrievers(r["retrievers"]) if n != "llm-ctr"
+            for ds in tables.ordered(r["retrievers"][n])}
+    df = pd.DataFrame(rows).T
+    return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].round(3).rename_axis("retriever / dataset")
+
+
+def _kl_table(r: dict) -> pd.DataFrame:
+    return pd.DataFrame({"before": [r["kl_before"]], "after": [r["kl_after"]]},
+                        index=pd.Index(["KL(P_c ‖ P_θ), mean over groups"], name="")).round(4)
+
+
+def _lsr_table(r: dict) -> pd.DataFrame:
+    return pd.DataFrame(r["by_environment"]).T.round(3).rename_axis("environment")
+
+
+A = Artifact
+ARTIFACTS: tuple[Artifact, ...] = (
+    A("00_benchmark_counts", "table", ("00_data/benchmark",), tables.benchmark_counts_table,
+      "Evaluation and training questions per split, and how many evaluation questions have an answer in some corpus passage (the ceiling of acc@k).",
+      lambda r: f"Benchmark splits ({_profile(r)} profile)"),
+    A("00_corpus_sources", "table", ("00_data/benchmark",), tables.corpus_table,
+      "Where the corpus passages come from.", lambda r: f"Corpus by source ({_profile(r)} profile)"),
+    A("00-corpus-composition", "figure", ("00_data/benchmark",), figures.corpus_composition,
+      "Corpus composition and answer coverage per evaluation set."),
+    A("01_retrieval_baselines", "table", ("01_baselines/retrieval",),
+      lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="bm25"),
+      "BM25 and MiniLM over the whole corpus: the paper's Acc@5 / Acc@20 with 95% intervals († = differs from BM25, p < 0.05).",
+      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search"),
+    A("01_retrieval_baselines_all_k", "table", ("01_baselines/retrieval",),
+      lambda r: tables.retrieval_table(r, ks=_ks(r), significance_vs="bm25"),
+      "The same baselines at every k.",
+      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search"),
+    A("01-acc-at-k", "figure", ("01_baselines/retrieval",), figures.acc_at_k_curves,
+      "acc@k against k for BM25 and MiniLM, with bootstrap bands and the answer-coverage ceiling."),
+    A("02_alignment_kl", "table", ("02_alignment/alignment",), _kl_table,
+      "How far the LLM retriever's group distribution is from MiniLM's before and after a short L_ctr + α L_align run.",
+      lambda r: f"Alignment demo ({_profile(r)} profile)"),
+    A("02-alignment", "figure", ("02_alignment/alignment",), figures.alignment_scatter,
+      "P_θ against P_c for every group member, before and after alignment."),
+    A("03_lsr_by_environment", "table", ("03_invariance/invariance",), _lsr_table,
+      "LSR statistics of the training groups in each environment (original, rewrite, shorter window).",
+      lambda r: f"LSR scores per environment ({_profile(r)} profile)"),
+    A("03-lsr-by-environment", "figure", ("03_invariance/invariance",), figures.lsr_by_environment,
+      "Q_e(d|q) of positives and hard negatives per environment; the invariant share is in the title."),
+    A("04_retrieval_variants", "table", ("04_retriever/retrieval",),
+      lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
+      "Every retriever variant of METHOD.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
+      lambda r: f"Retriever variants, acc@k (%) with 95% CI, {_profile(r)} profile, {r['mode']}"),
+    A("04_pvalues_vs_llm_ctr", "table", ("04_retriever/retrieval",), _p_vs_ctr,
+      "Paired bootstrap p-values of every retriever against llm-ctr (does the invariance objective add anything?).",
+      lambda r: "Paired bootstrap p-values against llm-ctr"),
+    A("04_stability", "table", ("04_retriever/retrieval",), lambda r: tables.stability_table(r, k=5),
+      "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
+      lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
+    A("04-acc-at-k", "figure", ("04_retriever/retrieval",), figures.acc_at_k_curves,
+      "acc@k against k for every retriever variant."),
+    A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: figures.stability_bars(r, k=5),
+      "Std of hit@5 across a question and its rewrites, per retriever (lower = more stable)."),
+    A("04-loss-curves", "figure", ("04_retriever/retrieval",), figures.loss_curves,
+      "Training loss and its terms per step for every trained variant."),
+    A("05_generator_training", "table", ("05_generator/training",), study_tables.generator_training_table,
+      "What the generator adapter was trained on and how far its loss fell.",
+      lambda r: f"Generator training ({_profile(r)} profile)"),
+    A("05-generator-loss", "figure", ("05_generator/training",), study_figures.generator_loss,
+      "The generator's cross-entropy on answer tokens per step."),
+    A("06_generation", "table", ("06_generation/generation",), study_tables.generation_table,
+      "The main end-to-end table: EM, F1 and PopQA-style acc per row and dataset, with 95% intervals († = differs from minilm-rag, p < 0.05).",
+      lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot, {_profile(r)} profile, retrieval {r['retriever_mode']}"),
+    A("06_generation_pvalues", "table", ("06_generation/generation",), study_tables.generation_pvalues,
+      "Paired bootstrap p-values of every row against minilm-rag.",
+      lambda r: "Paired bootstrap p-values against minilm-rag"),
+    A("06_decode_speed", "table", ("06_generation/generation",), study_tables.decode_speed_table,
+      "Greedy decoding throughput per row with the shared-prefix cache (answers cached on disk are not re-timed).",
+      lambda r: f"Decoding throughput ({_profile(r)} profile)"),
+    A("06-generation", "figure", ("06_generation/generation",), study_figures.generation_bars,
+      "EM, acc and the share of prompts whose passages contain an answer, per row and dataset."),
+    A("07_ablations", "table", ("07_ablations/ablations",), study_tables.ablation_table,
+      "invar−align, invar−inv, the λ sweep and the number of rewrites R: acc@5 († = differs from invar, p < 0.05) and Jaccard@5 across rewrites.",
+      lambda r: f"Ablations of invar, {_profile(r)} profile, {r['mode']}"
+                + (f"; not run in this profile: {', '.join(r['not_run'])}" if r["not_run"] else "")),
+    A("07-ablations", "figure", ("07_ablations/ablations",), study_figures.ablation_curves,
+      "acc@5 and rewrite stability (Jaccard@5) against λ and against R."),
+    A("07_variance_claim", "table", ("04_retriever/retrieval",), study_tables.variance_claim_table,
+      "The variance claim tested directly: invar against llm-ctr on the per-question spread of hit@5 and the Jaccard@5 to the rewrites, with paired bootstrap p-values.",
+      lambda r: f"Is invar more stable across question rewrites than llm-ctr? Top-5, {_profile(r)} profile (%)"),
+    A("07-stability", "figure", ("04_retriever/retrieval", "07_ablations/ablations"), study_figures.stability_all,
+      "The paper's variance claim for every retriever: Jaccard@5 ↑ and std of hit@5 ↓ across a question and its rewrites."),
+)
+BY_STEM = {a.stem: a for a in ARTIFACTS}
+
+
+def get(stem: str) -> Artifact:
+    if stem not in BY_STEM:
+        raise KeyError(f"unknown artifact {stem!r}; known: {sorted(BY_STEM)}")
+    return BY_STEM[stem]
+
+
+def build(reports: Reports, stem: str):
+    """Make one artifact from its results file(s) and write it; returns the DataFrame (tables) or
+    the dict of written paths (figures)."""
+    import matplotlib.pyplot as plt
+
+    art = get(stem)
+    res = [reports.read_results(name) for name in art.results]
+    obj = art.make(*res)
+    if art.kind == "table":
+        reports.write_table(obj, stem, caption=art.caption(*res) if art.caption else "")
+        return obj
+    paths = reports.save_figure(obj, stem)
+    plt.close(obj)
+    return paths
+
+
+def show(reports: Reports, stem: str):
+    """`build`, returning something a notebook displays: the table, or the figure's PNG."""
+    out = build(reports, stem)
+    if get(stem).kind == "table":
+        return out
+    from IPython.display import Image
+
+    return Image(filename=str(out["png"]))
+
+
+def build_all(reports: Reports, log=print) -> dict[str, str]:
+    """Every artifact whose results exist: {stem: "ok" | "missing <results file>"}."""
+    status = {}
+    for art in ARTIFACTS:
+        missing = [n for n in art.results if not reports.results_path(n).exists()]
+        if missing:
+            status[art.stem] = f"missing {', '.join(reports.relative(reports.results_path(n)) for n in missing)}"
+            continue
+        build(reports, art.stem)
+        status[art.stem] = "ok"
+    for stem, s in status.items():
+        if s != "ok":
+            log(f"skipped {stem}: {s} (run its notebook first)")
+    return status
+
+
+def write_gallery(reports: Reports, status: dict[str, str]) -> str:
+    """`<reports>/README.md`: every table (inline) and figure (image) with its sentence and the
+    profile, revision and date of the results it was made from."""
+    lines = ["# Reports gallery", "",
+             "Regenerated by `invar-rag report` from `results/` alone (no model runs). Each entry names the "
+             "results file it reads and the profile, code revision and date that produced those results. "
+             "Executed notebooks are in `executed/`; `results/timings.json` has each notebook's wall time.", ""]
+    for art in ARTIFACTS:
+        if status.get(art.stem) != "ok":
+            continue
+        prov = [reports.read_results(n)["provenance"] for n in art.results]
+        origin = "; ".join(f"`results/{n}.json`: {p['profile']} profile, revision {p['git_revision']}, "
+                           f"{p.get('date', 'date not recorded')}" for n, p in zip(art.results, prov))
+        lines += [f"## {art.stem}", "", art.about, "", f"<sub>{origin}</sub>", ""]
+        if art.kind == "figure":
+            lines += [f"![{art.stem}](figures/{art.stem}.png)", ""]
+        else:
+            md = (reports.root / "tables" / f"{art.stem}.md").read_text()
+            lines += [md, f"Also as [CSV](tables/{art.stem}.csv) and [LaTeX](tables/{art.stem}.tex).", ""]
+    text = "\n".join(lines)
+    atomic_write_text(reports.root / "README.md", text)
+    return text
+
+
+def report(reports: Reports, log=print) -> dict[str, str]:
+    status = build_all(reports, log=log)
+    write_gallery(reports, status)
+    return status

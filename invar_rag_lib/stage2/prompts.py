@@ -1,0 +1,78 @@
+"""Generation prompts (METHOD.md §2): instruction + n-shot demonstrations + top-k passages + question.
+
+A prompt is kept as two token lists, `prefix` (instruction and demonstrations, the same for every
+question) and `suffix` (passages and question), tokenized separately and concatenated. Training,
+evaluation with the shared-prefix cache and evaluation without it therefore all see exactly the
+same tokens.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from ..config import GeneratorConfig
+from ..data import Benchmark
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prefix: str
+    suffix: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.suffix
+
+
+def select_demonstrations(bench: Benchmark, cfg: GeneratorConfig, seed: int) -> list[dict]:
+    """`n_shot` (question, first answer) pairs from `demo_sources`, fixed by `seed`: short
+    questions (≤ 25 words) with short ASCII answers (≤ 5 words), as short-answer QA demonstrations
+    need (TriviaQA lists answers in other scripts and some questions run to paragraphs)."""
+    pool = [r for s in cfg.demo_sources for r in bench.train_records(s)
+            if len(r["golden_answers"][0].split()) <= 5 and r["golden_answers"][0].isascii()
+            and len(r["question"].split()) <= 25]
+    if len(pool) < cfg.n_shot:
+        raise ValueError(f"only {len(pool)} short-answer training questions for {cfg.n_shot} demonstrations: "
+                         f"lower generator.n_shot or add generator.demo_sources")
+    rng = random.Random(f"{seed}:demonstrations")
+    return [{"question": r["question"], "answer": r["golden_answers"][0], "id": r["id"]}
+            for r in rng.sample(pool, cfg.n_shot)]
+
+
+def prefix_text(cfg: GeneratorConfig, demos: Sequence[dict]) -> str:
+    return cfg.instruction + "".join(cfg.demo_template.format(q=d["question"], a=d["answer"]) for d in demos)
+
+
+class PassageWindows:
+    """Each passage cut to its first `passage_tokens` tokens (memoised: passages recur)."""
+
+    def __init__(self, tokenizer, passages: Mapping[str, dict], cfg: GeneratorConfig):
+        self.tokenizer, self.passages, self.cfg, self.memo = tokenizer, passages, cfg, {}
+
+    def __call__(self, pid: str) -> str:
+        if pid not in self.memo:
+            p = self.passages[pid]
+            ids = self.tokenizer(p["text"], add_special_tokens=False)["input_ids"][: self.cfg.passage_tokens]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            title = p["title"].strip()
+            self.memo[pid] = self.cfg.passage_template.format(passage=f"{title}. {text}" if title else text)
+        return self.memo[pid]
+
+
+def build_prompt(cfg: GeneratorConfig, prefix: str, question: str, passage_ids: Sequence[str],
+                 windows: PassageWindows | None) -> Prompt:
+    """The first `cfg.k` of `passage_ids` (none for closed-book: pass an empty list)."""
+    shown = "".join(windows(pid) for pid in list(passage_ids)[: cfg.k]) if passage_ids else ""
+    return Prompt(prefix, shown + cfg.question_template.format(q=question))
+
+
+def target_answer(answers: Sequence[str], passage_texts: Sequence[str], rule: str) -> str:
+    """The training target (see `GeneratorConfig.target_answer`)."""
+    if rule == "in_context":
+        from ..metrics import has_answer
+
+        for a in answers:
+            if any(has_answer(t, [a]) for t in passage_texts):
+                return a
+    return answers[0]

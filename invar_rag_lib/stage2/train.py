@@ -1,0 +1,186 @@
+"""Training the `generator` adapter (METHOD.md §2) on cached trunk states.
+
+The adapter has the retriever's LoRA shape, on the same top `L` layers, so the layers below are
+frozen for it too: a training sequence (prompt + " " + first gold answer + EOS) goes through the
+trunk once (`TrunkCache`, shared with stage 1) and each step runs only the top `L` layers, the final
+norm and the LM head, the head only at the positions that predict a target token. Cross-entropy
+is averaged over target tokens. The loop mirrors the retriever's (`accelerate`, `get_lr`,
+checkpoints with resume and reuse).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Profile
+from ..io_utils import jsonable, sha256_text
+from ..llm.encoder import Batch, decoder_of, run_layers, trunk_states
+from ..stage1.train import (epoch_order, finished_checkpoint, get_lr, load_adapter, load_checkpoint,
+                            save_checkpoint)
+from .decode import prompt_ids
+from .prompts import Prompt
+
+GENERATOR_ADAPTER = "generator"
+_SEP = "\x1f"  # joins prompt and answer into one trunk-cache key
+
+
+def add_generator_adapter(model, profile: Profile) -> None:
+    """A second named LoRA adapter with the retriever's shape; the retriever stays as it is."""
+    from peft import LoraConfig
+
+    rc = profile.retriever
+    n = decoder_of(model).config.num_hidden_layers
+    split = 0 if rc.lora_layers == 0 else n - rc.lora_layers
+    if GENERATOR_ADAPTER not in model.peft_config:
+        model.add_adapter(GENERATOR_ADAPTER, LoraConfig(
+            r=rc.lora_r, lora_alpha=rc.lora_alpha, lora_dropout=rc.lora_dropout,
+            target_modules=list(rc.lora_targets), layers_to_transform=list(range(split, n)), bias="none"))
+
+
+@dataclass
+class Example:
+    prompt: Prompt
+    answer: str
+
+
+def sequence_ids(tokenizer, example: Example) -> tuple[list[int], int]:
+    """Token ids of prompt + " answer" + EOS, and how many of them (at the end) are the target."""
+    prefix, suffix = prompt_ids(tokenizer, example.prompt)
+    target = tokenizer(" " + example.answer.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prefix + suffix + target, len(target)
+
+
+class GeneratorTop(torch.nn.Module):
+    """Layers [split, N) + norm + LM head at target positions; returns the mean token CE."""
+
+    def __init__(self, model, split: int):
+        super().__init__()
+        self.model, self.split = model, split
+
+    def forward(self, hidden, mask, labels):
+        inner = self.model.get_base_model()
+        decoder = decoder_of(self.model)
+        weight = decoder.norm.weight
+        hidden, mask, labels = hidden.to(weight.device, weight.dtype), mask.to(weight.device), labels.to(weight.device)
+        out = run_layers(decoder, hidden, mask, self.split, decoder.config.num_hidden_layers, final_norm=True)
+        rows, cols = (labels[:, 1:] >= 0).nonzero(as_tuple=True)  # position t predicts token t+1
+        logits = inner.lm_head(out[rows, cols]).float()
+        return F.cross_entropy(logits, labels[rows, cols + 1])
+
+
+def _pad_right(states: Sequence[torch.Tensor], ids: Sequence[list[int]], n_target: Sequence[int]):
+    width = max(s.shape[0] for s in states)
+    hidden = torch.zeros(len(states), width, states[0].shape[1])
+    mask = torch.zeros(len(states), width, dtype=torch.long)
+    labels = torch.full((len(states), width), -100, dtype=torch.long)
+    for i, (s, row, t) in enumerate(zip(states, ids, n_target)):
+        hidden[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+        labels[i, len(row) - t:len(row)] = torch.tensor(row[len(row) - t:])
+    return hidden, mask, labels
+
+
+class GeneratorData:
+    """Token ids and trunk states of every training sequence. `trunk_cache` is a `TrunkCache` with
+    the retriever's trunk fingerprint (the same frozen layers) in its own directory, so the
+    retriever's notebooks do not load these long sequences."""
+
+    def __init__(self, stage, examples: Sequence[Example], trunk_cache):
+        tok = stage.tokenizer
+        self.examples = list(examples)
+        seqs = [sequence_ids(tok, e) for e in examples]
+        self.ids = [s for s, _ in seqs]
+        self.n_target = [t for _, t in seqs]
+        by_key = {e.prompt.text + _SEP + e.answer: s for e, s in zip(examples, self.ids)}
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+        def compute(keys):
+            rows = [by_key[k] for k in keys]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = torch.tensor(r)
+                mask[i, :len(r)] = 1
+            return trunk_states(stage.model, Batch(ids, mask), stage.split)
+
+        # max_len 0 marks "whole generator sequence" in the cache key (no truncation).
+        keys = [e.prompt.text + _SEP + e.answer for e in examples]
+        order = sorted(range(len(keys)), key=lambda i: (len(self.ids[i]), i))  # batches of similar length
+        states = trunk_cache.get_or_compute([keys[i] for i in order], 0, compute, batch_size=8, log=stage.log)
+        self.states: list[torch.Tensor] = [None] * len(keys)  # type: ignore[list-item]
+        for i, state in zip(order, states):
+            self.states[i] = state
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def key(self) -> str:
+        return sha256_text(*(e.prompt.text + _SEP + e.answer for e in self.examples))[:16]
+
+    def batch(self, idx: Sequence[int]):
+        return _pad_right([self.states[i] for i in idx], [self.ids[i] for i in idx], [self.n_target[i] for i in idx])
+
+
+def train_generator(model, split: int, data: GeneratorData, profile: Profile, out_dir: str | Path,
+                    resume: bool = False, reuse: bool = False, data_key: str = "", log=print) -> dict:
+    """Train the `generator` adapter (set active here) on `data`; returns the loss history."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    g = profile.generator
+    out_dir = Path(out_dir)
+    set_seed(profile.seed)
+    model.set_adapter(GENERATOR_ADAPTER)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    top = GeneratorTop(model, split)
+    params = [p for n, p in model.named_parameters() if f".{GENERATOR_ADAPTER}." in n]
+    for n, p in model.named_parameters():
+        p.requires_grad_(f".{GENERATOR_ADAPTER}." in n)
+    optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=0.0)
+    top, optimizer = accelerator.prepare(top, optimizer)
+    per_epoch = len(data) // g.batch_size
+    total_steps = per_epoch * g.epochs
+    if total_steps == 0:
+        raise ValueError(f"{len(data)} generator examples are fewer than one batch of {g.batch_size}")
+    lora = {k: getattr(profile.retriever, k) for k in ("lora_layers", "lora_r", "lora_alpha", "lora_dropout",
+                                                       "lora_targets")}
+    config = {"generator": asdict(g), "lora": lora, "seed": profile.seed, "total_steps": total_steps,
+              "data_key": data_key or data.key()}
+    config = jsonable(config)
+    unwrapped = accelerator.unwrap_model(top).model
+    if reuse and (done := finished_checkpoint(out_dir, config)):
+        load_adapter(unwrapped, out_dir, GENERATOR_ADAPTER)
+        log(f"reused the finished generator checkpoint in {out_dir}")
+        return {"history": done["history"], "config": config, "reused": True}
+    step, history = 0, []
+    latest = out_dir / "checkpoint-latest"
+    if resume and (latest / "state.json").exists():
+        step, history = load_checkpoint(latest, unwrapped, optimizer, GENERATOR_ADAPTER)
+    top.train()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        order = epoch_order(len(data), profile.seed, epoch)
+        idx = order[in_epoch * g.batch_size:(in_epoch + 1) * g.batch_size]
+        loss = top(*data.batch(idx))
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, g.max_grad_norm)
+        lr = get_lr(step, g.lr, g.warmup_steps, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append({"step": step + 1, "lr": lr, "loss": float(loss.detach())})
+        step += 1
+        if step % 20 == 0 or step == total_steps:
+            save_checkpoint(latest, unwrapped, optimizer, step, config, history, GENERATOR_ADAPTER)
+    top.eval()
+    log(f"generator: {total_steps} steps, loss {np.mean([h['loss'] for h in history[:5]]):.3f} (first 5) "
+        f"-> {np.mean([h['loss'] for h in history[-5:]]):.3f} (last 5)")
+    return {"history": history, "config": config, "reused": False}
+

@@ -1,0 +1,84 @@
+"""The report registry: every artifact is shown by a notebook, and `invar-rag report` rebuilds
+tables and figures from results files alone."""
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from invar_rag_lib import artifacts
+from invar_rag_lib.cli import main
+from invar_rag_lib.config import load_profile
+from invar_rag_lib.reporting import Reports
+from invar_rag_lib.stage1.ablations import ablation_points, not_run
+from invar_rag_lib.study_tables import generation_table
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def notebook_code(prefix: str) -> str:
+    [path] = NOTEBOOKS.glob(f"{prefix}_*.ipynb")
+    return "\n".join(c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code")
+
+
+def test_every_artifact_is_shown_by_its_notebook_and_reads_what_a_notebook_writes():
+    written = set()
+    for nb in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"):
+        written |= set(re.findall(r'write_results\("([^"]+)"', notebook_code(nb.name[:2])))
+    for art in artifacts.ARTIFACTS:
+        assert f'"{art.stem}"' in notebook_code(art.stem[:2]), f"{art.stem} is not shown in notebook {art.stem[:2]}"
+        assert set(art.results) <= written, f"{art.stem} reads {art.results}, not all written by a notebook"
+    assert len({a.stem for a in artifacts.ARTIFACTS}) == len(artifacts.ARTIFACTS)
+
+
+def _generation_results():
+    def cell(values):
+        m = sum(values) / len(values)
+        return {"mean": m, "low": max(0.0, m - 0.1), "high": min(1.0, m + 0.1), "n": len(values)}
+
+    per = {"closed-book": [0, 0, 1, 0], "minilm-rag": [1, 1, 0, 1], "invar-rag": [1, 0, 0, 0]}
+    rows = {r: {"nq": {"metrics": {m: cell(v) for m in ("em", "f1", "acc", "context_hit")}}} for r, v in per.items()}
+    return {"provenance": {"profile": "smoke", "git_revision": "abc1234", "date": "2026-11-27 10:00 UTC"},
+            "rows": rows, "k": 3, "n_shot": 8, "retriever_mode": "rerank of MiniLM's top 30",
+            "paired_pvalues": {"closed-book_vs_minilm-rag/nq": {"em": 0.01, "f1": 0.2, "acc": 0.01},
+                               "invar-rag_vs_minilm-rag/nq": {"em": 0.3, "f1": 0.3, "acc": 0.3}},
+            "decode_speed": {"minilm-rag": {"prompts": 4, "prompt_tokens": 100, "generated_tokens": 8,
+                                            "seconds": 1.0, "tokens_per_s": 108.0}}}
+
+
+def test_generation_table_orders_rows_and_marks_significance():
+    table = generation_table(_generation_results())
+    assert list(table.index) == ["closed-book", "minilm-rag", "invar-rag"]
+    assert table.loc["closed-book", "NQ EM"] == "25.0 [15.0, 35.0] †"
+    assert table.loc["invar-rag", "NQ EM"] == "25.0 [15.0, 35.0]"
+    assert table.loc["minilm-rag", "NQ acc"] == "75.0 [65.0, 85.0]"
+
+
+def test_report_rebuilds_from_results_alone_and_writes_the_gallery(tmp_path, capsys):
+    profile = load_profile("smoke")
+    reports = Reports(profile)
+    path = reports.results_path("06_generation/generation")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_generation_results()))
+    assert main(["report", "--profile", "smoke"]) == 1  # the other notebooks' results are missing
+    out = capsys.readouterr()
+    assert "skipped 04_retrieval_variants: missing" in out.out + out.err
+    tables = reports.root / "tables"
+    for stem in ("06_generation", "06_generation_pvalues", "06_decode_speed"):
+        assert (tables / f"{stem}.md").exists() and (tables / f"{stem}.tex").exists()
+    assert (reports.root / "figures" / "06-generation.png").exists()
+    gallery = (reports.root / "README.md").read_text()
+    assert "## 06_generation" in gallery and "revision abc1234" in gallery and "2026-11-27" in gallery
+    assert "04_retrieval_variants" not in gallery
+
+
+def test_ablation_points_reuse_variant_names_and_report_what_is_not_run():
+    cpu = load_profile("cpu")
+    names = {(p.axis, p.value): p.name for p in ablation_points(cpu)}
+    assert names[("lambda", 0.5)] == "invar" and names[("lambda", 0.0)] == "invar-inv"
+    assert names[("rewrites", 1)] == "invar" and names[("rewrites", 2)] == "invar-R2"
+    assert names[("lambda", 2.0)] == "invar-lam2"
+    assert not_run(cpu) == []
+    smoke = load_profile("smoke")
+    assert not_run(smoke) == ["λ = 0.1", "λ = 1"]
