@@ -1,4 +1,5 @@
-# The README's two commands: `make reproduce` (set up, then run every notebook on the cpu profile)
+# The README's two commands: `make reproduce` (set up, run every notebook on the cpu profile, then
+# regenerate the gallery reports/README.md)
 # and `make test` (set up, then unit tests + nbval over every notebook on the smoke profile).
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -22,6 +23,7 @@ $(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproje
 
 reproduce: setup
 	$(VENV)/bin/invar-rag reproduce --profile $(PROFILE)
+	$(VENV)/bin/invar-rag report --profile $(PROFILE)
 
 # Every table and figure, and reports/README.md, from reports/results alone (no model).
 report: setup

@@ -7,13 +7,16 @@ data, no profile object (captions take the profile from the results' provenance)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from . import figures, study_figures, study_tables, tables
 from .io_utils import atomic_write_text
+from .paths import repo_root
 from .reporting import Reports
 
 
@@ -200,7 +203,35 @@ def write_gallery(reports: Reports, status: dict[str, str]) -> str:
     return text
 
 
+_MARK = re.compile(r"(<!-- BEGIN ([\w-]+) -->\n)(.*?)(<!-- END \2 -->)", re.DOTALL)
+
+
+def sync_readme(readme: Path, reports: Reports, status: dict[str, str]) -> int:
+    """Replace each `<!-- BEGIN stem -->…<!-- END stem -->` block of `readme` with that table's
+    current markdown, so the numbers quoted in the README are the ones the run produced; returns
+    how many blocks were updated."""
+    if not readme.exists():
+        return 0
+    text, count = readme.read_text(), 0
+
+    def fill(m):
+        nonlocal count
+        stem = m.group(2)
+        if status.get(stem) != "ok" or get(stem).kind != "table":
+            return m.group(0)
+        count += 1
+        return m.group(1) + (reports.root / "tables" / f"{stem}.md").read_text() + m.group(4)
+
+    new = _MARK.sub(fill, text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return count
+
+
 def report(reports: Reports, log=print) -> dict[str, str]:
+    """Every table and figure, the gallery, and (for the committed cpu reports) the README's tables."""
     status = build_all(reports, log=log)
     write_gallery(reports, status)
+    if reports.root.resolve() == (repo_root() / "reports").resolve():
+        sync_readme(repo_root() / "README.md", reports, status)
     return status

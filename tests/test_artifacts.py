@@ -82,3 +82,18 @@ def test_ablation_points_reuse_variant_names_and_report_what_is_not_run():
     assert not_run(cpu) == []
     smoke = load_profile("smoke")
     assert not_run(smoke) == ["λ = 0.1", "λ = 1"]
+
+
+def test_sync_readme_replaces_only_marked_tables_that_were_rebuilt(tmp_path):
+    from invar_rag_lib.artifacts import sync_readme
+
+    reports = Reports(load_profile("smoke"))
+    (reports.root / "tables").mkdir(parents=True)
+    (reports.root / "tables" / "06_generation.md").write_text("| new |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN 06_generation -->\n| old |\n<!-- END 06_generation -->\n"
+                      "<!-- BEGIN 04_stability -->\n| kept |\n<!-- END 04_stability -->\n")
+    n = sync_readme(readme, reports, {"06_generation": "ok", "04_stability": "missing x"})
+    assert n == 1
+    assert readme.read_text() == ("intro\n<!-- BEGIN 06_generation -->\n| new |\n<!-- END 06_generation -->\n"
+                                  "<!-- BEGIN 04_stability -->\n| kept |\n<!-- END 04_stability -->\n")
