@@ -32,9 +32,20 @@ def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs
 
 
 def generation_pvalues(results: dict) -> pd.DataFrame:
-    df = pd.DataFrame({key.replace("_vs_minilm-rag", ""): {METRIC_NAMES[m]: p for m, p in by_m.items()}
-                       for key, by_m in results["paired_pvalues"].items()}).T
-    return df.round(3).rename_axis("row / dataset vs minilm-rag")
+    """Paired bootstrap p-values: every row against minilm-rag, and invar-rag against
+    invar-retrieval (the generator adapter's own effect), in row and dataset order."""
+    def order(key):
+        pair, ds = key.split("/")
+        row, base = pair.split("_vs_")
+        return (base != "minilm-rag", _rows(ROW_ORDER).index(row) if row in ROW_ORDER else 99,
+                ordered([d for d in DATASET_NAMES] + [ds]).index(ds))
+
+    keys = sorted(results["paired_pvalues"], key=order)
+    df = pd.DataFrame({k.replace("_vs_", " vs ").replace("/", " / "): {METRIC_NAMES[m]: p for m, p in
+                                                                      results["paired_pvalues"][k].items()}
+                       for k in keys}).T
+    df = df[[METRIC_NAMES[m] for m in ("em", "f1", "acc") if METRIC_NAMES[m] in df.columns]]
+    return df.round(3).rename_axis("row vs baseline / dataset")
 
 
 def decode_speed_table(results: dict) -> pd.DataFrame:

@@ -207,14 +207,17 @@ class GenerationStage:
             if stats.prompts:
                 speed[row] = stats.as_dict()
             self.log(f"{row}: " + ", ".join(f"{ds} EM {r['metrics']['em']['mean']:.2f}" for ds, r in results[row].items()))
+        # Every row against minilm-rag; and invar-rag against invar-retrieval (same passages, so the
+        # difference is the generator adapter's own effect).
+        pairs = [(row, "minilm-rag") for row in rows if row != "minilm-rag"] + [("invar-rag", "invar-retrieval")]
         pvalues = {}
-        for row in rows:
-            if row == "minilm-rag" or "minilm-rag" not in results:
+        for row, base in pairs:
+            if row not in results or base not in results:
                 continue
             for ds in self.questions:
-                pvalues[f"{row}_vs_minilm-rag/{ds}"] = {
+                pvalues[f"{row}_vs_{base}/{ds}"] = {
                     m: paired_bootstrap_pvalue(results[row][ds]["per_question"][m],
-                                               results["minilm-rag"][ds]["per_question"][m], n_boot, cfg.seed)
+                                               results[base][ds]["per_question"][m], n_boot, cfg.seed)
                     for m in METRICS}
         return {"rows": results, "paired_pvalues": pvalues, "timings_s": timings, "decode_speed": speed,
                 "k": cfg.generator.k, "n_shot": cfg.generator.n_shot, "retriever_mode": run["mode"],
