@@ -4,14 +4,14 @@ from __future__ import annotations
 import pandas as pd
 
 from .reporting import fmt_ci
-from .tables import DATASET_NAMES, display_name, ordered
+from .stage2 import ROWS
+from .tables import DATASET_NAMES, display_name, ordered, ordered_retrievers
 
-ROW_ORDER = ("closed-book", "bm25-rag", "minilm-rag", "invar-retrieval", "invar-rag")
 METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in top-k"}
 
 
 def _rows(names) -> list[str]:
-    return [r for r in ROW_ORDER if r in names] + sorted(r for r in names if r not in ROW_ORDER)
+    return ordered_retrievers(names, ROWS)
 
 
 def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs: str = "minilm-rag") -> pd.DataFrame:
@@ -37,7 +37,7 @@ def generation_pvalues(results: dict) -> pd.DataFrame:
     def order(key):
         pair, ds = key.split("/")
         row, base = pair.split("_vs_")
-        return (base != "minilm-rag", _rows(ROW_ORDER).index(row) if row in ROW_ORDER else 99,
+        return (base != "minilm-rag", ROWS.index(row) if row in ROWS else 99,
                 ordered([d for d in DATASET_NAMES] + [ds]).index(ds))
 
     keys = sorted(results["paired_pvalues"], key=order)

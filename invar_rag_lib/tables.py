@@ -16,9 +16,10 @@ def display_name(retriever: str) -> str:
     return retriever.replace("invar-", "invar−")
 
 
-def ordered_retrievers(names) -> list[str]:
-    known = [n for n in RETRIEVER_ORDER if n in names]
-    return known + sorted(n for n in names if n not in RETRIEVER_ORDER)
+def ordered_retrievers(names, order=RETRIEVER_ORDER) -> list[str]:
+    """`names` in `order`, anything else after, alphabetically."""
+    known = [n for n in order if n in names]
+    return known + sorted(n for n in names if n not in order)
 
 
 def ordered(datasets) -> list[str]:

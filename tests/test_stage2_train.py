@@ -63,8 +63,10 @@ def test_training_moves_only_the_generator_and_reuse_loads_it(stage, tmp_path):
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(st.model, generator_before, adapter_name=GENERATOR_ADAPTER)
-    again = train_generator(st.model, st.split, data, profile, tmp_path / "gen", reuse=True, log=lambda *a: None)
+    fresh = GeneratorData(st, EXAMPLES, trunk)
+    again = train_generator(st.model, st.split, fresh, profile, tmp_path / "gen", reuse=True, log=lambda *a: None)
     assert again["reused"] and again["history"] == first["history"]
+    assert "states" not in vars(fresh), "reusing a checkpoint must not read or compute trunk states"
     assert all(torch.equal(v, after[k]) for k, v in lora_state(st.model, GENERATOR_ADAPTER).items())
     # other data: no reuse
     other = GeneratorData(st, EXAMPLES[::-1], trunk)

@@ -139,14 +139,21 @@ def encode_from_trunk(model, states: Sequence[torch.Tensor], split: int,
     return encode_hidden(model, hidden, mask, split)
 
 
+def lora_config(model, lora_layers: int, r: int, alpha: int, dropout: float, target_modules: Sequence[str]):
+    """A peft LoraConfig on the top `lora_layers` decoder layers (0 = all): the shape of both the
+    `retriever` and the `generator` adapter, so the layers below stay one shared frozen trunk."""
+    from peft import LoraConfig
+
+    n = decoder_of(model).config.num_hidden_layers
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      layers_to_transform=list(range(split_point(model, lora_layers), n)), bias="none")
+
+
 def add_retriever_adapter(model, lora_layers: int, r: int, alpha: int, dropout: float,
                           target_modules: Sequence[str], adapter_name: str = RETRIEVER_ADAPTER):
     """Wrap `model` with a named peft LoRA adapter on the top `lora_layers` layers (0 = all);
     every base weight is frozen."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    n = decoder_of(model).config.num_hidden_layers
-    split = split_point(model, lora_layers)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        layers_to_transform=list(range(split, n)), bias="none")
+    config = lora_config(model, lora_layers, r, alpha, dropout, target_modules)
     return get_peft_model(model, config, adapter_name=adapter_name)

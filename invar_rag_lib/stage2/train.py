@@ -9,7 +9,9 @@ checkpoints with resume and reuse).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from ..config import Profile
 from ..io_utils import jsonable, sha256_text
-from ..llm.encoder import Batch, decoder_of, run_layers, trunk_states
+from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
 from ..stage1.train import (epoch_order, finished_checkpoint, get_lr, load_adapter, load_checkpoint,
                             save_checkpoint)
 from .decode import prompt_ids
@@ -31,15 +33,10 @@ _SEP = "\x1f"  # joins prompt and answer into one trunk-cache key
 
 def add_generator_adapter(model, profile: Profile) -> None:
     """A second named LoRA adapter with the retriever's shape; the retriever stays as it is."""
-    from peft import LoraConfig
-
     rc = profile.retriever
-    n = decoder_of(model).config.num_hidden_layers
-    split = 0 if rc.lora_layers == 0 else n - rc.lora_layers
     if GENERATOR_ADAPTER not in model.peft_config:
-        model.add_adapter(GENERATOR_ADAPTER, LoraConfig(
-            r=rc.lora_r, lora_alpha=rc.lora_alpha, lora_dropout=rc.lora_dropout,
-            target_modules=list(rc.lora_targets), layers_to_transform=list(range(split, n)), bias="none"))
+        model.add_adapter(GENERATOR_ADAPTER, lora_config(model, rc.lora_layers, rc.lora_r, rc.lora_alpha,
+                                                         rc.lora_dropout, rc.lora_targets))
 
 
 @dataclass
@@ -88,15 +85,20 @@ def _pad_right(states: Sequence[torch.Tensor], ids: Sequence[list[int]], n_targe
 class GeneratorData:
     """Token ids and trunk states of every training sequence. `trunk_cache` is a `TrunkCache` with
     the retriever's trunk fingerprint (the same frozen layers) in its own directory, so the
-    retriever's notebooks do not load these long sequences."""
+    retriever's notebooks do not load these long sequences. The states are read (or computed) on
+    first use only, so reusing a finished checkpoint never touches them."""
 
     def __init__(self, stage, examples: Sequence[Example], trunk_cache):
-        tok = stage.tokenizer
+        self.stage, self.trunk_cache = stage, trunk_cache
         self.examples = list(examples)
-        seqs = [sequence_ids(tok, e) for e in examples]
+        seqs = [sequence_ids(stage.tokenizer, e) for e in examples]
         self.ids = [s for s, _ in seqs]
         self.n_target = [t for _, t in seqs]
-        by_key = {e.prompt.text + _SEP + e.answer: s for e, s in zip(examples, self.ids)}
+        self.keys = [e.prompt.text + _SEP + e.answer for e in examples]
+
+    @cached_property
+    def states(self) -> list[torch.Tensor]:
+        tok, by_key = self.stage.tokenizer, dict(zip(self.keys, self.ids))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
         def compute(keys):
@@ -107,21 +109,22 @@ class GeneratorData:
             for i, r in enumerate(rows):
                 ids[i, :len(r)] = torch.tensor(r)
                 mask[i, :len(r)] = 1
-            return trunk_states(stage.model, Batch(ids, mask), stage.split)
+            return trunk_states(self.stage.model, Batch(ids, mask), self.stage.split)
 
         # max_len 0 marks "whole generator sequence" in the cache key (no truncation).
-        keys = [e.prompt.text + _SEP + e.answer for e in examples]
-        order = sorted(range(len(keys)), key=lambda i: (len(self.ids[i]), i))  # batches of similar length
-        states = trunk_cache.get_or_compute([keys[i] for i in order], 0, compute, batch_size=8, log=stage.log)
-        self.states: list[torch.Tensor] = [None] * len(keys)  # type: ignore[list-item]
-        for i, state in zip(order, states):
-            self.states[i] = state
+        order = sorted(range(len(self.keys)), key=lambda i: (len(self.ids[i]), i))  # batches of similar length
+        computed = self.trunk_cache.get_or_compute([self.keys[i] for i in order], 0, compute, batch_size=8,
+                                                   log=self.stage.log)
+        states: list[torch.Tensor] = [None] * len(self.keys)  # type: ignore[list-item]
+        for i, state in zip(order, computed):
+            states[i] = state
+        return states
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def key(self) -> str:
-        return sha256_text(*(e.prompt.text + _SEP + e.answer for e in self.examples))[:16]
+        return sha256_text(*self.keys)[:16]
 
     def batch(self, idx: Sequence[int]):
         return _pad_right([self.states[i] for i in idx], [self.ids[i] for i in idx], [self.n_target[i] for i in idx])
@@ -158,6 +161,9 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         load_adapter(unwrapped, out_dir, GENERATOR_ADAPTER)
         log(f"reused the finished generator checkpoint in {out_dir}")
         return {"history": done["history"], "config": config, "reused": True}
+    t0 = time.perf_counter()
+    data.states  # trunk states: read from the cache or computed once, before the first step
+    trunk_s = time.perf_counter() - t0
     step, history = 0, []
     latest = out_dir / "checkpoint-latest"
     if resume and (latest / "state.json").exists():
@@ -182,5 +188,5 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     top.eval()
     log(f"generator: {total_steps} steps, loss {np.mean([h['loss'] for h in history[:5]]):.3f} (first 5) "
         f"-> {np.mean([h['loss'] for h in history[-5:]]):.3f} (last 5)")
-    return {"history": history, "config": config, "reused": False}
+    return {"history": history, "config": config, "reused": False, "trunk_s": trunk_s}
 
