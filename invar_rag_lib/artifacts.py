@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import figures, study_figures, study_tables, tables
+from . import claims, figures, study_figures, study_tables, tables
 from .io_utils import atomic_write_text
 from .paths import repo_root
-from .reporting import Reports
+from .reporting import Reports, fmt_ci
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,32 @@ def _p_vs_ctr(r: dict) -> pd.DataFrame:
             for ds in tables.ordered(r["retrievers"][n])}
     df = pd.DataFrame(rows).T
     return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].round(3).rename_axis("retriever / dataset")
+
+
+def _floors(r: dict, k: int = 5) -> pd.DataFrame:
+    """acc@k of every LLM variant beside its two floors (the random rerank and the untrained
+    model), with paired p-values, and the collapse check (mean pairwise cosine of h(d))."""
+    rows = {}
+    for n in tables.ordered_retrievers(r["retrievers"]):
+        if n in ("bm25", "minilm", "random"):
+            continue
+        cells = {}
+        for ds in tables.ordered(r["retrievers"][n]):
+            name = tables.DATASET_NAMES.get(ds, ds)
+            cells[f"{name} acc@{k}"] = round(100 * r["retrievers"][n][ds]["metrics"][f"acc@{k}"]["mean"], 1)
+            cells[f"{name} random"] = round(100 * r["retrievers"]["random"][ds]["metrics"][f"acc@{k}"]["mean"], 1)
+            cells[f"{name} p vs random"] = r["paired_pvalues"].get(f"{n}_vs_random/{ds}", {}).get(f"acc@{k}")
+            if n != "llm-zero":
+                cells[f"{name} p vs llm-zero"] = r["paired_pvalues"].get(f"{n}_vs_llm-zero/{ds}", {}).get(f"acc@{k}")
+        cells["mean cos(d, d')"] = round(r.get("passage_cosine", {}).get(n, float("nan")), 3)
+        rows[tables.display_name(n)] = cells
+    return pd.DataFrame(rows).T.rename_axis("retriever")
+
+
+def _pooling_table(r: dict) -> pd.DataFrame:
+    f = r["pooling_floor"]
+    return pd.DataFrame({name: {k: fmt_ci(v) for k, v in m.items()} for name, m in f["rows"].items()}
+                        ).T.rename_axis("retriever (untrained)")
 
 
 def _kl_table(r: dict) -> pd.DataFrame:
@@ -77,6 +103,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("02_alignment_kl", "table", ("02_alignment/alignment",), _kl_table,
       "How far the LLM retriever's group distribution is from MiniLM's before and after a short L_ctr + α L_align run.",
       lambda r: f"Alignment demo ({_profile(r)} profile)"),
+    A("02_pooling_floor", "table", ("02_alignment/pooling",), _pooling_table,
+      "Zero-shot: each pooling of the untrained LLM against the random floor and MiniLM, on held-out training questions (validation split), reranking MiniLM's top candidates.",
+      lambda r: f"Pooling zero-shot, acc@k (%) with 95% CI, {r['pooling_floor']['n']} validation questions, rerank of MiniLM's top {r['pooling_floor']['depth']}, {_profile(r)} profile"),
     A("02-alignment", "figure", ("02_alignment/alignment",), figures.alignment_scatter,
       "P_θ against P_c for every group member, before and after alignment."),
     A("03_lsr_by_environment", "table", ("03_invariance/invariance",), _lsr_table,
@@ -91,6 +120,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("04_pvalues_vs_llm_ctr", "table", ("04_retriever/retrieval",), _p_vs_ctr,
       "Paired bootstrap p-values of every retriever against llm-ctr (does the invariance objective add anything?).",
       lambda r: "Paired bootstrap p-values against llm-ctr"),
+    A("04_floors", "table", ("04_retriever/retrieval",), _floors,
+      "Each LLM variant against its floors: the exact expected acc@5 of a random rerank of the same candidates and the untrained llm-zero (paired bootstrap p-values), and the mean pairwise cosine of passage representations (near 1 = collapse).",
+      lambda r: f"LLM retrievers against their floors, acc@5 (%), {_profile(r)} profile, {r['mode']}, pooling {r.get('pooling', 'eos')}"),
     A("04_stability", "table", ("04_retriever/retrieval",), lambda r: tables.stability_table(r, k=5),
       "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
       lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
@@ -125,6 +157,13 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("07_variance_claim", "table", ("04_retriever/retrieval",), study_tables.variance_claim_table,
       "The variance claim tested directly: invar against llm-ctr on the per-question spread of hit@5 and the Jaccard@5 to the rewrites, with paired bootstrap p-values.",
       lambda r: f"Is invar more stable across question rewrites than llm-ctr? Top-5, {_profile(r)} profile (%)"),
+    A("07_claims", "table", ("04_retriever/retrieval", "06_generation/generation", "07_ablations/ablations"),
+      claims.claims_table,
+      "Each claim of the paper as a paired test per dataset, with a verdict by one rule (invar_rag_lib/claims.py): reproduced, not reproduced, or not detectable at this n.",
+      lambda v, g, a: (f"The paper's claims, {_profile(v)} profile: A vs B (%), Δ > 0 = the paper's direction, "
+                       "95% bootstrap interval, paired bootstrap p; verdict: reproduced = paper's direction with "
+                       "p < 0.05 on a majority of datasets and reversed on none; not reproduced = reversed with "
+                       "p < 0.05 on a majority; else not detectable (smallest detectable Δ at 80% power)")),
     A("07-stability", "figure", ("04_retriever/retrieval", "07_ablations/ablations"), study_figures.stability_all,
       "The paper's variance claim for every retriever: Jaccard@5 ↑ and std of hit@5 ↓ across a question and its rewrites."),
 )

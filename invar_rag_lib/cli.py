@@ -64,9 +64,9 @@ def _train_retriever(args) -> None:
     prepared = prepare(profile, bench)
     out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
     # The same data key as the notebooks', so notebooks 05 and 07 can reuse this checkpoint.
-    result = train_retriever(prepared.stage.model, prepared.stage.split, prepared.data,
+    result = train_retriever(prepared.stage.model, prepared.stage.split, prepared.main,
                              objectives[args.variant], profile, out, resume=args.resume,
-                             data_key=data_key(bench, prepared))
+                             data_key=data_key(bench, prepared), env_data=prepared.data)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
           f"checkpoint {out}/checkpoint-latest")

@@ -26,7 +26,10 @@ class DataConfig:
     # corpus; a superset of the eval selection, so the corpus also holds other questions' passages.
     corpus_pool_questions_per_dataset: int = 250
     distractor_passages: int = 2000  # Wikipedia summaries (Level-4 vital articles); 10033 = all
-    train_questions_per_source: int = 200  # for each of tqa_dev, nq_gold, wikiqa
+    train_questions_per_source: int = 200  # for each of tqa_dev and nq_gold
+    # WikiQA's answer sentences enter the corpus as title-less passages: kept few (distractors and
+    # the generator's sources only; stage 1 does not train on them, METHOD.md §4)
+    wikiqa_train_questions: int = 200
     selection_seed: int = 13
 
 
@@ -53,7 +56,10 @@ class RetrieverConfig:
     max_len: int = 64  # passage window in tokens, EOS included (the LLM reads only this much)
     query_max_len: int = 32
     padding_side: str = "left"  # the trunk cache makes left and right give the same h(x)
-    tau_r: float = 0.01
+    # h(x): "mean" over the real tokens, or "eos" (RepLLaMA: the EOS state, with tau_r = 0.01). The
+    # EOS state of a 135M model carries too little content and training collapses (METHOD.md §1).
+    pooling: str = "mean"
+    tau_r: float = 0.05
     lora_layers: int = 2  # LoRA on the top L decoder layers; 0 = all layers (no trunk cache)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -66,11 +72,30 @@ class RetrieverConfig:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """Training data, environments, losses and optimisation of the retriever (METHOD.md §1)."""
-    train_questions: int = 150  # drawn evenly from the three training sources
+    """Training data, environments, losses and optimisation of the retriever (METHOD.md §1).
+
+    Two sets of training questions: every question (`train_questions`) gives a group G(q) of
+    `group_size` passages for L_ctr and L_align (A(q) = G(q)); the first `env_questions` of them
+    also get environments (rewrites, windows) and LSR scores over their first `env_group_size`
+    members, for L_inv and the LSR term (an LM forward per passage and environment is the cost).
+    """
+    train_sources: tuple[str, ...] = ("tqa_dev", "nq_gold")  # WikiQA: sentence-as-passage, not used
+    train_questions: int = 150  # drawn evenly from `train_sources`
+    val_questions: int = 0  # further held-out training questions: the validation split of sweeps
     coarse_candidates: int = 20  # K_c: MiniLM's top passages, the pool of positives and hard negatives
-    group_size: int = 4  # |G(q)|: positives + hard negatives
+    # A passage of K(q) that merely contains an answer is a positive only within MiniLM's top
+    # `positive_depth` (deeper matches are often coincidental: "November" in a biography); gold first.
+    positive_depth: int = 5
+    group_size: int = 4  # |G(q)|: positives + hard negatives (MiniLM's highest-ranked answer-free)
     max_positives: int = 1
+    env_questions: int = 150  # questions with environments and LSR (the first ones); 0 = all
+    env_group_size: int = 4  # members of G(q) scored by LSR and used by L_inv / the LSR term
+    env_batch_size: int = 8  # environment questions per micro-batch (cycled), for L_inv / LSR
+    # Representation-level alignment (METHOD.md §1 allows it): "ridge" maps the pooled h(x) into
+    # MiniLM's space with a closed-form ridge regression fitted on the training texts (frozen model),
+    # used by every variant with α > 0; "none" keeps h(x) as pooled.
+    projection: str = "none"
+    ridge_lambda: float = 1.0
     tau_c: float = 0.05  # MiniLM temperature in P_c (cosine scores)
     beta: float = 1.0  # LSR temperature in Q_e
     n_rewrites: int = 1  # R
@@ -256,6 +281,24 @@ def _validate(p: Profile, where: str) -> None:
         raise ConfigError(f"{where}.generator.target_answer must be 'first' or 'in_context', got {g.target_answer!r}")
     if any(r < 0 for r in p.ablations.rewrites) or any(l < 0 for l in p.ablations.lams):
         raise ConfigError(f"{where}.ablations: lams and rewrites must be >= 0")
+    if r.pooling not in ("eos", "mean"):
+        raise ConfigError(f"{where}.retriever.pooling must be 'eos' or 'mean', got {r.pooling!r}")
+    if r.tau_r <= 0 or s1.tau_c <= 0 or s1.beta <= 0:
+        raise ConfigError(f"{where}: retriever.tau_r, stage1.tau_c and stage1.beta must be > 0")
+    bad = [s for s in s1.train_sources if s not in ("tqa_dev", "nq_gold", "wikiqa")]
+    if bad or not s1.train_sources:
+        raise ConfigError(f"{where}.stage1.train_sources: unknown {bad}; valid are ['tqa_dev', 'nq_gold', 'wikiqa']")
+    if s1.projection not in ("none", "ridge") or s1.ridge_lambda <= 0:
+        raise ConfigError(f"{where}.stage1: projection must be 'none' or 'ridge' and ridge_lambda > 0")
+    if not 2 <= s1.env_group_size <= s1.group_size:
+        raise ConfigError(f"{where}.stage1.env_group_size must lie in 2..group_size (= {s1.group_size})")
+    if not 1 <= s1.positive_depth <= s1.coarse_candidates:
+        raise ConfigError(f"{where}.stage1.positive_depth must lie in 1..coarse_candidates (= {s1.coarse_candidates})")
+    if s1.train_questions < 1 or s1.val_questions < 0 or s1.env_questions < 0 or s1.env_batch_size < 1:
+        raise ConfigError(f"{where}.stage1: need train_questions >= 1, val_questions >= 0, env_questions >= 0, "
+                          "env_batch_size >= 1")
+    if s1.lr <= 0 or s1.epochs < 1 or s1.batch_size < 1 or s1.grad_accum < 1 or s1.checkpoint_every < 1:
+        raise ConfigError(f"{where}.stage1: need lr > 0 and epochs, batch_size, grad_accum, checkpoint_every >= 1")
     if r.max_len < 2 or r.query_max_len < 2:
         raise ConfigError(f"{where}.retriever: max_len and query_max_len must be >= 2 (text + EOS)")
 

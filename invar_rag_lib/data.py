@@ -167,7 +167,7 @@ def _build(profile: Profile, source_dir: Path) -> dict:
               if g["positives"] and question_key(g["question"]) not in all_eval_keys]
     order = _seeded_order(len(wikiqa), cfg.selection_seed, "wikiqa")
     train["wikiqa"] = []
-    for i in sorted(order[:n_train]):
+    for i in sorted(order[:cfg.wikiqa_train_questions]):
         g = wikiqa[i]
         ids = [corpus.add("", s, "wikiqa") for s in g["positives"]]
         train["wikiqa"].append({"question": g["question"], "golden_answers": g["positives"],

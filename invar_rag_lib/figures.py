@@ -111,6 +111,8 @@ def loss_curves(results: dict):
         for name, h in histories.items():
             if term in h[0]:
                 ax.plot([r["step"] for r in h], [r[term] for r in h], label=display_name(name))
+        if term == "ctr" and results.get("ctr_uniform"):
+            ax.axhline(results["ctr_uniform"], ls=":", color="gray", label="uniform ranking")
         ax.set_title(term if term == "loss" else f"L_{term}")
         ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)

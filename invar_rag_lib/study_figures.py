@@ -90,7 +90,8 @@ def stability_all(variants: dict, ablations: dict, k: int = 5):
     """07: the variance claim for every retriever: Jaccard@k ↑ and std of hit@k across the question
     and its rewrites ↓, for BM25, MiniLM, every variant of notebook 04 and every ablation point."""
     sns.set_theme(style="whitegrid", context="notebook")
-    entries = [(display_name(n), variants["retrievers"][n]) for n in ordered_retrievers(variants["retrievers"])]
+    entries = [(display_name(n), variants["retrievers"][n]) for n in ordered_retrievers(variants["retrievers"])
+               if "stability" in next(iter(variants["retrievers"][n].values()))]  # not the random floor
     seen = {n for n in variants["retrievers"]}
     for p in ablations["points"]:
         if p["name"] not in seen and p["axis"] != "component":

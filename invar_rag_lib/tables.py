@@ -8,7 +8,7 @@ from .reporting import fmt_ci
 DATASET_NAMES = {"nq": "NQ", "triviaqa": "TriviaQA", "popqa": "PopQA"}
 
 
-RETRIEVER_ORDER = ("bm25", "minilm", "llm-zero", "llm-ctr", "llm-lsr", "invar", "invar-align", "invar-inv")
+RETRIEVER_ORDER = ("bm25", "minilm", "random", "llm-zero", "llm-ctr", "llm-lsr", "invar", "invar-align", "invar-inv")
 
 
 def display_name(retriever: str) -> str:

@@ -1,7 +1,9 @@
 """The LLM bi-encoder of METHOD.md §1, with the trunk cache of §5.
 
 Representation: `"query: {q}"` / `"passage: {title} {text}"`, truncated to `max_len - 1` tokens,
-EOS appended; h(x) = final-layer hidden state at the EOS (last real) position, L2-normalised.
+EOS appended; h(x) = a pooling of the final-layer hidden states, L2-normalised: `"eos"` (the state
+at the EOS, i.e. the last real position: RepLLaMA) or `"mean"` (the mean over every real token,
+EOS included). `POOLINGS` lists them; `retriever.pooling` picks one.
 Only the LoRA weights of the peft adapter named `retriever` train, and only on the top `L`
 decoder layers. Everything below is frozen, so its output ("the trunk") depends on the text alone
 and is computed once (`TrunkCache`); a training step then runs just the top `L` layers.
@@ -35,6 +37,15 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (attention_mask.long() * positions).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> [B, D]: the mean of each row's real (non-padding) token states."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+POOLINGS = {"eos": last_token_pool, "mean": mean_pool}
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -96,19 +107,23 @@ def split_point(model, lora_layers: int) -> int:
     return 0 if lora_layers == 0 else n - lora_layers
 
 
-def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
-    """h(x) from the input of layer `start` ([B, T, D]): layers [start, N), final norm, EOS
-    pooling, L2 norm. Inputs are moved to the model's device and dtype (states live on the CPU)."""
+def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                  pooling: str = "eos") -> torch.Tensor:
+    """h(x) from the input of layer `start` ([B, T, D]): layers [start, N), final norm, pooling
+    (`POOLINGS`), L2 norm. Inputs are moved to the model's device and dtype (states live on the CPU)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid are {sorted(POOLINGS)}")
     decoder = decoder_of(model)
     weight = decoder.norm.weight
     hidden, attention_mask = hidden.to(weight.device, weight.dtype), attention_mask.to(weight.device)
     hidden = run_layers(decoder, hidden, attention_mask, start, decoder.config.num_hidden_layers, final_norm=True)
-    return F.normalize(last_token_pool(hidden, attention_mask).float(), dim=-1)
+    return F.normalize(POOLINGS[pooling](hidden, attention_mask).float(), dim=-1)
 
 
-def encode_full(model, batch: Batch) -> torch.Tensor:
+def encode_full(model, batch: Batch, pooling: str = "eos") -> torch.Tensor:
     """h(x) by a plain forward through every layer: [B, D], L2-normalised."""
-    return encode_hidden(model, decoder_of(model).embed_tokens(batch.input_ids), batch.attention_mask, 0)
+    return encode_hidden(model, decoder_of(model).embed_tokens(batch.input_ids), batch.attention_mask, 0,
+                         pooling)
 
 
 @torch.no_grad()
@@ -133,10 +148,10 @@ def pad_states(states: Sequence[torch.Tensor], padding_side: str = "left") -> tu
 
 
 def encode_from_trunk(model, states: Sequence[torch.Tensor], split: int,
-                      padding_side: str = "left") -> torch.Tensor:
+                      padding_side: str = "left", pooling: str = "eos") -> torch.Tensor:
     """h(x) from cached trunk states: only layers [split, N) run (with the LoRA adapter)."""
     hidden, mask = pad_states(states, padding_side)
-    return encode_hidden(model, hidden, mask, split)
+    return encode_hidden(model, hidden, mask, split, pooling)
 
 
 def lora_config(model, lora_layers: int, r: int, alpha: int, dropout: float, target_modules: Sequence[str]):

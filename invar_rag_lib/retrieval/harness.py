@@ -41,11 +41,45 @@ def evaluate_run(run: Mapping[str, Sequence[str]], questions: Sequence[dict],
             "per_question": {"ids": [q["id"] for q in questions], "first_hit_rank": ranks}}
 
 
+def hits_at_k(result: dict, k: int) -> list[float]:
+    """Per-question hit@k of a result: 0/1 from its first-hit ranks, or, for the random floor,
+    the exact probability stored in `per_question["expected_hit"]`."""
+    per_q = result["per_question"]
+    if "expected_hit" in per_q:
+        return list(per_q["expected_hit"][str(k)])
+    return list(acc_at_k(per_q["first_hit_rank"], k)[1])
+
+
 def paired_pvalue_at_k(result_a: dict, result_b: dict, k: int, n_resamples: int = 1000,
                        seed: int = 0) -> float:
     """Paired bootstrap p-value of acc@k between two results on the same questions."""
     if result_a["per_question"]["ids"] != result_b["per_question"]["ids"]:
         raise ValueError("the two results are not on the same questions in the same order")
-    _, a = acc_at_k(result_a["per_question"]["first_hit_rank"], k)
-    _, b = acc_at_k(result_b["per_question"]["first_hit_rank"], k)
-    return paired_bootstrap_pvalue(a, b, n_resamples=n_resamples, seed=seed)
+    return paired_bootstrap_pvalue(hits_at_k(result_a, k), hits_at_k(result_b, k),
+                                   n_resamples=n_resamples, seed=seed)
+
+
+def random_ranking(candidates: Mapping[str, Sequence[str]], questions: Sequence[dict],
+                   passage_text: Mapping[str, str], ks: Sequence[int], n_resamples: int = 1000,
+                   seed: int = 0) -> dict:
+    """The floor: the exact expectation of acc@k when each question's candidates are put in a
+    uniformly random order. With N candidates of which n hold an answer,
+    P(hit@k) = 1 − C(N−n, k) / C(N, k). Intervals are bootstrapped over these probabilities."""
+    counts = [(len(candidates[q["id"]]),
+               sum(has_answer(passage_text[p], q["golden_answers"]) for p in candidates[q["id"]]))
+              for q in questions]
+    return random_ranking_from_counts([q["id"] for q in questions], counts, ks, n_resamples, seed)
+
+
+def random_ranking_from_counts(ids: Sequence[str], counts: Sequence[tuple[int, int]], ks: Sequence[int],
+                               n_resamples: int = 1000, seed: int = 0) -> dict:
+    """`random_ranking` from (N candidates, n answer-bearing) per question."""
+    from math import comb
+
+    probs: dict[str, list[float]] = {str(k): [] for k in ks}
+    for n_total, n_hit in counts:
+        for k in ks:
+            kk = min(k, n_total)
+            probs[str(k)].append(1.0 - comb(n_total - n_hit, kk) / comb(n_total, kk) if n_total else 0.0)
+    metrics = {f"acc@{k}": bootstrap_ci(probs[str(k)], n_resamples=n_resamples, seed=seed) for k in ks}
+    return {"n": len(ids), "metrics": metrics, "per_question": {"ids": list(ids), "expected_hit": probs}}

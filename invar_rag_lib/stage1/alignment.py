@@ -8,7 +8,15 @@ from ..config import Profile
 from ..data import Benchmark
 from ..llm.encoder import encode_full, tokenize
 from ..paths import data_dir
-from .groups import build_groups, select_training_questions
+from .groups import build_groups, training_split
+
+from dataclasses import replace
+
+from ..baselines import CoarseRetrievers
+from ..llm.encoder import POOLINGS
+from ..retrieval.harness import evaluate_run, random_ranking
+
+DEMO_GROUPS = 128  # the demonstration trains on this many groups only (the real runs: notebook 04)
 from .pipeline import RetrieverStage
 from .train import Objective, TrainingData, group_scores, train_retriever
 
@@ -48,7 +56,7 @@ def alignment_demo(profile: Profile, bench: Benchmark, stage: RetrieverStage, n_
                    log=print) -> dict:
     """Train with L_ctr + α L_align only and compare P_θ with P_c before and after."""
     s1, rc = profile.stage1, profile.retriever
-    groups = build_groups(profile, bench, select_training_questions(bench, s1.train_questions, profile.seed), log=log)
+    groups = build_groups(profile, bench, training_split(profile, bench)[0], log=log)[:DEMO_GROUPS]
     data = stage.training_data(groups, None, None)
     stage.reset_adapter()
     p_c, before, s_before = group_distributions(stage, data, rc.tau_r, s1.tau_c)
@@ -68,3 +76,30 @@ def alignment_demo(profile: Profile, bench: Benchmark, stage: RetrieverStage, n_
             "all": {"p_c": p_c.flatten().tolist(), "p_theta_before": before.flatten().tolist(),
                     "p_theta_after": after.flatten().tolist(),
                     "positive": [p for g in groups for p in g.positive]}}
+
+
+@torch.no_grad()
+def pooling_floor(profile: Profile, bench: Benchmark, stage: RetrieverStage, log=print) -> dict:
+    """Zero-shot acc@k of each pooling (untrained model) on the validation questions (held-out
+    training questions, never the evaluation samples), reranking MiniLM's top `rerank_depth`,
+    beside the exact random rerank of the same candidates and MiniLM itself."""
+    cfg = profile.retrieval
+    val = [{"id": f"val-{i}", "question": q["question"], "golden_answers": q["golden_answers"]}
+           for i, q in enumerate(training_split(profile, bench)[1])]
+    depth = min(profile.retriever.rerank_depth, len(stage.passages))
+    ks = [k for k in (5, 20) if k <= depth]
+    ranked = CoarseRetrievers(profile, bench, log=log).search("minilm", [q["question"] for q in val], depth)
+    cands = {q["id"]: r for q, r in zip(val, ranked)}
+    text = {pid: p["text"] for pid, p in stage.passages.items()}
+    rows = {"random": random_ranking(cands, val, text, ks, cfg.bootstrap_resamples, profile.seed)["metrics"],
+            "minilm": evaluate_run(cands, val, text, ks, cfg.bootstrap_resamples, profile.seed)["metrics"]}
+    stage.reset_adapter()
+    try:
+        for pooling in POOLINGS:
+            stage.profile = replace(profile, retriever=replace(profile.retriever, pooling=pooling))
+            run = stage.rerank(val, cands, depth)
+            rows[f"llm-zero ({pooling})"] = evaluate_run(run, val, text, ks, cfg.bootstrap_resamples,
+                                                         profile.seed)["metrics"]
+    finally:
+        stage.profile = profile
+    return {"n": len(val), "depth": depth, "chosen": profile.retriever.pooling, "rows": rows}

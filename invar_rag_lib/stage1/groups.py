@@ -1,8 +1,9 @@
 """Training groups G(q) (METHOD.md §1): positives plus MiniLM hard negatives, with coarse scores.
 
 For each training question, `K(q)` = MiniLM's top `coarse_candidates` passages. Positives are gold
-passages (NQ oracle, WikiQA label-1 sentences) and passages of K(q) that contain an answer (DPR
-has_answer); hard negatives are the highest-ranked passages of K(q) without an answer. The coarse
+passages (NQ oracle, WikiQA label-1 sentences) and passages among MiniLM's top `positive_depth` that
+contain an answer (DPR has_answer; deeper matches are often coincidental); hard negatives are the
+highest-ranked passages of K(q) without an answer. The coarse
 score s_c(q, d) = c(q)·c(d) of every group member is kept for the alignment loss.
 """
 from __future__ import annotations
@@ -29,15 +30,28 @@ class Group:
     target_answer: str  # the y of the LSR score: a gold answer that a positive passage contains
 
 
-def select_training_questions(bench: Benchmark, n_total: int, seed: int) -> list[dict]:
-    """`n_total` questions drawn evenly (seeded) from the training sources."""
-    per_source = -(-n_total // len(TRAIN_SOURCES))
+def select_training_questions(bench: Benchmark, n_total: int, seed: int,
+                              sources: tuple[str, ...] = tuple(TRAIN_SOURCES), skip: int = 0) -> list[dict]:
+    """`n_total` questions drawn evenly (seeded) from `sources`, after the first `skip` per source
+    of the same shuffle (so two draws with different `skip` ranges are disjoint)."""
+    per_source = -(-n_total // len(sources))
     chosen = []
-    for source in TRAIN_SOURCES:
+    for source in sources:
         records = bench.train_records(source)
         random.Random(f"{seed}:stage1:{source}").shuffle(records)
-        chosen += records[:per_source]
+        chosen += records[skip:skip + per_source]
     return chosen[:n_total] if n_total < len(chosen) else chosen
+
+
+def training_split(profile: Profile, bench: Benchmark) -> tuple[list[dict], list[dict]]:
+    """(training questions, validation questions): disjoint draws from `stage1.train_sources`; the
+    validation draw takes the questions after the training draw in each source's seeded order."""
+    s1 = profile.stage1
+    train = select_training_questions(bench, s1.train_questions, profile.seed, s1.train_sources)
+    skip = -(-s1.train_questions // len(s1.train_sources))
+    val = select_training_questions(bench, s1.val_questions, profile.seed, s1.train_sources, skip=skip) \
+        if s1.val_questions else []
+    return train, val
 
 
 def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> list[Group]:
@@ -51,7 +65,7 @@ def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=
     groups, skipped = [], 0
     for q, qe, cands in zip(questions, q_emb, ranked):
         gold = [p for p in q["metadata"]["gold_ids"] if p in row_of]
-        answer_hits = [p for p in cands if has_answer(text[p], q["golden_answers"])]
+        answer_hits = [p for p in cands[: s1.positive_depth] if has_answer(text[p], q["golden_answers"])]
         positives = list(dict.fromkeys(gold + answer_hits))[: s1.max_positives]
         negatives = [p for p in cands if p not in positives and p not in gold
                      and not has_answer(text[p], q["golden_answers"])]

@@ -42,6 +42,7 @@ class RetrieverStage:
         self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint)
         self.passages = {row["id"]: row for row in bench.corpus}
         self.envs = environments(profile)
+        self.projection: torch.Tensor | None = None  # the ridge map into MiniLM's space, when in use
 
     # --- representations -------------------------------------------------------------------
     def passage_text(self, pid: str) -> str:
@@ -61,12 +62,14 @@ class RetrieverStage:
         return self.trunk.get_or_compute(texts, max_len, compute, rc.encode_batch_size, log=self.log)
 
     def encoder(self) -> TopEncoder:
-        return TopEncoder(self.model, self.split, self.profile.retriever.padding_side)
+        rc = self.profile.retriever
+        return TopEncoder(self.model, self.split, rc.padding_side, rc.pooling, self.projection)
 
     def reset_adapter(self) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, self.initial_adapter, adapter_name="retriever")
+        self.projection = None
 
     # --- training data ---------------------------------------------------------------------
     def rewrites(self, items: Sequence[dict]) -> dict[str, list[dict]]:
@@ -102,6 +105,45 @@ class RetrieverStage:
             coarse=torch.tensor([g.coarse_scores for g in groups]),
             lsr_logq=None if lsr_ll is None else losses.lsr_distribution(lsr_ll, mask, s1.beta),
             positive=torch.tensor([g.positive for g in groups]), envs=list(envs))
+
+    @torch.no_grad()
+    def fit_projection(self, groups: Sequence[Group], log=print) -> torch.Tensor:
+        """W = argmin ||X W − Y||² + λ||W||²: X = the frozen model's pooled h(x) (no adapter, no
+        projection) of every training question and group passage, Y = MiniLM's embeddings of the
+        same texts. Closed form in float64; cached on disk by model, texts, pooling and λ."""
+        from safetensors.torch import load_file, save
+
+        from ..baselines import CoarseRetrievers
+        from ..io_utils import atomic_write_bytes, sha256_text
+
+        rc, s1 = self.profile.retriever, self.profile.stage1
+        questions = list(dict.fromkeys(g.question for g in groups))
+        pids = list(dict.fromkeys(p for g in groups for p in g.passage_ids))
+        key = sha256_text(self.model_fingerprint, rc.pooling, str(rc.max_len), str(rc.query_max_len),
+                          rc.query_template, rc.passage_template, str(s1.ridge_lambda), *questions, *pids)[:16]
+        path = cache_dir() / "projection" / f"{key}.safetensors"
+        if path.exists():
+            return load_file(str(path))["W"]
+        saved, self.projection = self.projection, None
+        try:
+            enc = self.encoder().eval()
+            with self.model.disable_adapter():
+                xq = torch.cat([enc.encode(c) for c in _chunks(self.states(
+                    [self.query_text(q) for q in questions], rc.query_max_len), 64)])
+                xp = torch.cat([enc.encode(c) for c in _chunks(self.states(
+                    [self.passage_text(p) for p in pids], rc.max_len), 64)])
+        finally:
+            self.projection = saved
+        coarse = CoarseRetrievers(self.profile, self.bench, log=log)
+        row = {pid: i for i, pid in enumerate(coarse.ids)}
+        yq = torch.as_tensor(coarse.cache.get_or_encode(questions, coarse.encoder.encode, log=log))
+        yp = torch.as_tensor(coarse.corpus_emb[[row[p] for p in pids]])
+        x, y = torch.cat([xq, xp]).double(), torch.cat([yq, yp]).double()
+        w = torch.linalg.solve(x.T @ x + s1.ridge_lambda * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
+        w = w.float().contiguous()
+        atomic_write_bytes(path, save({"W": w}))
+        log(f"ridge projection {tuple(w.shape)} fitted on {len(questions)} questions and {len(pids)} passages")
+        return w
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.no_grad()

@@ -12,6 +12,7 @@ continues from the latest one to the same result as an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -33,7 +34,9 @@ from .environments import Environment
 
 @dataclass(frozen=True)
 class Objective:
-    """Weights of the loss terms: L = L_ctr + α L_align + λ L_inv + μ KL(Q_orig ‖ P_θ)."""
+    """Weights of the loss terms: L = c L_ctr + α L_align + λ L_inv + μ KL(Q_orig ‖ P_θ) (c = 1 in
+    every variant of METHOD.md; c = 0 only in the sweep's "alignment alone" point)."""
+    ctr: float = 1.0
     alpha: float = 0.0
     lam: float = 0.0
     lsr: float = 0.0
@@ -71,14 +74,20 @@ class TrainingData:
 
 
 class TopEncoder(torch.nn.Module):
-    """The trainable part: decoder layers [split, N) + norm + EOS pooling, fed trunk states."""
+    """The trainable part: decoder layers [split, N) + norm + pooling, fed trunk states; with a
+    `projection` W ([D, D']), h(x) = normalize(W^T h_pooled(x)) (a fixed map, not trained)."""
 
-    def __init__(self, model, split: int, padding_side: str = "left"):
+    def __init__(self, model, split: int, padding_side: str = "left", pooling: str = "eos",
+                 projection: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.split, self.padding_side = model, split, padding_side
+        self.model, self.split, self.padding_side, self.pooling = model, split, padding_side, pooling
+        self.projection = projection
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return encode_hidden(self.model, hidden, mask, self.split)
+        rep = encode_hidden(self.model, hidden, mask, self.split, self.pooling)
+        if self.projection is None:
+            return rep
+        return torch.nn.functional.normalize(rep @ self.projection.to(rep.device), dim=-1)
 
     def encode(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
         return encode_states(self, states, self.padding_side)
@@ -103,13 +112,8 @@ def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
     return max_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objective,
-               tau_r: float, tau_c: float, padding_side: str = "left") -> tuple[torch.Tensor, dict]:
-    idx = list(idx)
-    if (objective.lsr or objective.lam) and data.lsr_logq is None:
-        raise ValueError("this objective needs LSR targets: build TrainingData with LSR scores")
-    n_groups = len(data.coarse[0])
-    envs = data.envs if objective.needs_environments else data.envs[:1]
+def _env_scores(encoder, data: TrainingData, idx: list[int], envs, tau_r: float, padding_side: str):
+    """s_θ(q, d) over each query's own group in every environment of `envs`: [E, B, G]."""
     q_reps, p_reps = {}, {}
     for env in envs:
         if env.query_variant not in q_reps:
@@ -119,29 +123,58 @@ def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objec
             flat = [s for i in idx for s in data.passage_states[env.window][i]]
             p_reps[env.window] = encode_states(encoder, flat, padding_side)
     scores = torch.stack([group_scores(q_reps[e.query_variant], p_reps[e.window], tau_r) for e in envs])
+    return scores, q_reps[envs[0].query_variant], p_reps[envs[0].window]
+
+
+def batch_loss(encoder, data: TrainingData, idx: Sequence[int], objective: Objective,
+               tau_r: float, tau_c: float, padding_side: str = "left",
+               env_data: TrainingData | None = None, env_idx: Sequence[int] | None = None
+               ) -> tuple[torch.Tensor, dict]:
+    """L = L_ctr + α L_align (on `data[idx]`) + λ L_inv + μ L_lsr (on `env_data[env_idx]`, the
+    questions with environments and LSR scores; by default `data[idx]` itself)."""
+    idx = list(idx)
+    if env_data is None:
+        env_data, env_idx = data, idx
+    env_idx = list(env_idx if env_idx is not None else idx)
+    if (objective.lsr or objective.lam) and env_data.lsr_logq is None:
+        raise ValueError("this objective needs LSR targets: build TrainingData with LSR scores")
+    scores, q_rep, p_rep = _env_scores(encoder, data, idx, data.envs[:1], tau_r, padding_side)
     device = scores.device
-    mask = torch.ones(len(idx), n_groups, dtype=torch.bool, device=device)
-    orig = envs[0]
+    n_groups = len(data.coarse[0])
     positive = torch.zeros(len(idx), len(idx) * n_groups, dtype=torch.bool, device=device)
     for b, i in enumerate(idx):
         positive[b, b * n_groups:(b + 1) * n_groups] = data.positive[i].to(device)
-    l_ctr = losses.contrastive_loss(q_reps[orig.query_variant], p_reps[orig.window], positive, tau_r)
-    parts = {"ctr": l_ctr}
+    parts = {"ctr": losses.contrastive_loss(q_rep, p_rep, positive, tau_r)}
     if objective.alpha:
+        mask = torch.ones(len(idx), n_groups, dtype=torch.bool, device=device)
         parts["align"] = losses.alignment_loss(data.coarse[idx].to(device), scores[0], mask, tau_c)
-    if objective.lsr:
-        student = losses.group_log_softmax(scores[0], mask)
-        parts["lsr"] = losses.kl_to_student(data.lsr_logq[0, idx].to(device), student, mask)
     diag = {}
-    if objective.lam:
-        parts["inv"], diag = losses.invariance_loss(scores, data.lsr_logq[:, idx].to(device), mask, objective.gamma)
-    total = (l_ctr + objective.alpha * parts.get("align", 0.0) + objective.lam * parts.get("inv", 0.0)
+    if objective.lsr or objective.lam:
+        envs = env_data.envs if objective.needs_environments else env_data.envs[:1]
+        env_scores, _, _ = _env_scores(encoder, env_data, env_idx, envs, tau_r, padding_side)
+        mask = torch.ones(len(env_idx), env_scores.shape[-1], dtype=torch.bool, device=device)
+        logq = env_data.lsr_logq[:, env_idx].to(device)
+        if objective.lsr:
+            parts["lsr"] = losses.kl_to_student(logq[0], losses.group_log_softmax(env_scores[0], mask), mask)
+        if objective.lam:
+            parts["inv"], diag = losses.invariance_loss(env_scores, logq, mask, objective.gamma)
+    total = (objective.ctr * parts["ctr"] + objective.alpha * parts.get("align", 0.0) + objective.lam * parts.get("inv", 0.0)
              + objective.lsr * parts.get("lsr", 0.0))
     logs = {k: float(v.detach()) for k, v in parts.items()}
     logs["loss"] = float(total.detach())
     if diag:
         logs["inv_share"] = float(diag.get("inv_share", float("nan")))
     return total, logs
+
+
+def env_batch(n: int, size: int, seed: int, micro_batch: int) -> list[int]:
+    """Indices of the environment questions for global micro-batch number `micro_batch`: a
+    seeded pass over the `n` questions, reshuffled each time it is used up (deterministic per
+    step, so a resumed run draws what an uninterrupted one draws)."""
+    per_pass = max(1, n // size)
+    epoch, j = divmod(micro_batch, per_pass)
+    order = epoch_order(n, seed + 7919, epoch)
+    return order[j * size:(j + 1) * size]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -208,7 +241,8 @@ def load_adapter(model, out_dir: str | Path, adapter_name: str) -> None:
 
 def train_retriever(model, split: int, data: TrainingData, objective: Objective, profile: Profile,
                     out_dir: str | Path, resume: bool = False, log=print, stop_after: int | None = None,
-                    data_key: str = "", reuse: bool = False) -> dict:
+                    data_key: str = "", reuse: bool = False, env_data: TrainingData | None = None,
+                    projection: torch.Tensor | None = None) -> dict:
     """Train the `retriever` adapter of `model` (peft, already added) on `data`; returns history.
 
     With `reuse`, a finished checkpoint in `out_dir` made with the same config and `data_key` is
@@ -221,7 +255,9 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     out_dir = Path(out_dir)
     set_seed(profile.seed)
     accelerator = Accelerator(gradient_accumulation_steps=s1.grad_accum, cpu=not torch.cuda.is_available())
-    encoder = TopEncoder(model, split, rc.padding_side)
+    encoder = TopEncoder(model, split, rc.padding_side, rc.pooling, projection)
+    if env_data is not None and not (objective.lsr or objective.lam):
+        env_data = None  # this objective has no environment term
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s1.lr, weight_decay=s1.weight_decay)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
@@ -233,7 +269,10 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         raise ValueError(f"{len(data)} training groups are fewer than one global batch "
                          f"({micro} x {world} processes x {s1.grad_accum} accumulation)")
     config = {"objective": asdict(objective), "stage1": asdict(s1), "seed": profile.seed,
-              "processes": world, "total_steps": total_steps, "data_key": data_key}
+              "retriever": {k: v for k, v in asdict(rc).items() if k in ("pooling", "tau_r", "lora_layers",
+                                                                        "lora_r", "lora_alpha", "max_len")},
+              "processes": world, "total_steps": total_steps, "data_key": data_key,
+              "projection": None if projection is None else hashlib.sha256(projection.numpy().tobytes()).hexdigest()[:16]}
     config = jsonable(config)
     if reuse and (done := finished_checkpoint(out_dir, config)):
         load_adapter(accelerator.unwrap_model(encoder).model, out_dir, RETRIEVER_ADAPTER)
@@ -252,9 +291,11 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         logs_acc: list[dict] = []
         for a in range(s1.grad_accum):
             lo = start + a * world * micro
+            env_idx = None if env_data is None else env_batch(
+                len(env_data), s1.env_batch_size, profile.seed, (step * s1.grad_accum + a) * world + rank)
             with accelerator.accumulate(encoder):
                 loss, logs = batch_loss(encoder, data, order[lo:lo + micro], objective, rc.tau_r,
-                                        s1.tau_c, rc.padding_side)
+                                        s1.tau_c, rc.padding_side, env_data, env_idx)
                 accelerator.backward(loss)
                 logs_acc.append(logs)
                 if accelerator.sync_gradients or a == s1.grad_accum - 1:
