@@ -86,6 +86,13 @@ def prepare(profile: Profile, bench: Benchmark, stage: RetrieverStage | None = N
 COSINE_SAMPLE = 500  # passages in the collapse check (mean pairwise cosine of h(d))
 
 
+def mean_pairwise_cosine(reps: torch.Tensor) -> float:
+    """Mean cosine over distinct pairs of L2-normalised rows: near 1 when every row is one point."""
+    sims = reps @ reps.T
+    n = reps.shape[0]
+    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+
 class Evaluation:
     """The evaluation side shared by every variant: questions, their rewrites (the stability
     environments), and BM25 / MiniLM runs for each environment (baselines and rerank candidates)."""
@@ -160,9 +167,7 @@ class Evaluation:
         """Mean pairwise cosine of h(d) over a fixed sample of the last scored passages: near 1
         when every passage maps to one point (collapse)."""
         pids = sorted(self.last_reps)[:n]
-        reps = torch.stack([self.last_reps[p] for p in pids])
-        sims = reps @ reps.T
-        return float((sims.sum() - sims.diagonal().sum()) / (len(pids) * (len(pids) - 1)))
+        return mean_pairwise_cosine(torch.stack([self.last_reps[p] for p in pids]))
 
     def score_llm(self, adapter: bool) -> dict:
         runs = self.llm_runs(adapter)

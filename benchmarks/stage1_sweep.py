@@ -1,0 +1,172 @@
+"""Stage-1 recipe sweep: which settings make the LLM retriever learn (cpu profile by default).
+
+Selects on the **validation split** (`stage1.val_questions` held-out training questions, disjoint
+from the training questions and from every evaluation sample), never on the reported evaluation
+questions. Each point trains the `retriever` adapter from the same initialisation on the profile's
+training groups with some fields overridden, then reranks MiniLM's top `rerank_depth` for the
+validation questions. Floors on the same questions: the exact random rerank, and `llm-zero` under
+each pooling. Also recorded per point: wall time, final losses, and the mean pairwise cosine of
+passage representations (a collapse check: it rises towards 1 when every passage maps to one point).
+
+Writes reports/results/benchmarks/stage1_sweep.json and reports/tables/stage1_sweep.md.
+
+Usage: .venv/bin/python benchmarks/stage1_sweep.py [--profile cpu] [--points base lr3e-4 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import torch
+
+from invar_rag_lib.baselines import CoarseRetrievers
+from invar_rag_lib.config import load_profile
+from invar_rag_lib.data import load_benchmark
+from invar_rag_lib.io_utils import atomic_write_json
+from invar_rag_lib.paths import data_dir, reports_dir
+from invar_rag_lib.retrieval.harness import evaluate_run, random_ranking
+from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare
+from invar_rag_lib.stage1.train import Objective, train_retriever
+
+# name -> (objective, retriever overrides, stage1 overrides). `base` is the recipe's centre.
+POINTS = {
+    "ridge-zero": (None, {}, {"projection": "ridge"}),  # no training: the frozen model + ridge map
+    "ridge": (Objective(alpha=1.0), {}, {"projection": "ridge"}),
+    "base": (Objective(alpha=1.0), {}, {}),
+    "ctr-only": (Objective(), {}, {}),
+    "align-only": (Objective(ctr=0.0, alpha=1.0), {}, {}),
+    "lr3e-4": (Objective(alpha=1.0), {}, {"lr": 3e-4}),
+    "lr3e-3": (Objective(alpha=1.0), {}, {"lr": 3e-3}),
+    "tau0.02": (Objective(alpha=1.0), {"tau_r": 0.02}, {}),
+    "tau0.1": (Objective(alpha=1.0), {"tau_r": 0.1}, {}),
+    "group4": (Objective(alpha=1.0), {}, {"group_size": 4}),
+    "epochs2": (Objective(alpha=1.0), {}, {"epochs": 2}),
+    "eos-tau0.01": (Objective(alpha=1.0), {"pooling": "eos", "tau_r": 0.01}, {}),
+    "invar": (Objective(alpha=1.0, lam=0.5), {}, {}),
+    "ridge-lr3e-4": (Objective(alpha=1.0), {}, {"projection": "ridge", "lr": 3e-4}),
+    "ridge-lr3e-3": (Objective(alpha=1.0), {}, {"projection": "ridge", "lr": 3e-3}),
+    "ridge-lr3e-3-invar": (Objective(alpha=1.0, lam=0.5), {}, {"projection": "ridge", "lr": 3e-3}),
+    "ridge-ctr-only": (Objective(), {}, {"projection": "ridge"}),
+    "ridge-invar": (Objective(alpha=1.0, lam=0.5), {}, {"projection": "ridge"}),
+}
+
+
+def with_fields(profile, retriever: dict, stage1: dict):
+    return dataclasses.replace(profile, retriever=dataclasses.replace(profile.retriever, **retriever),
+                               stage1=dataclasses.replace(profile.stage1, **stage1))
+
+
+@torch.no_grad()
+def passage_cosine(stage, pids: list[str]) -> float:
+    return mean_pairwise_cosine(stage.passage_reps(pids))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--points", nargs="*", default=list(POINTS))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of an earlier run with the same base settings; run only new points")
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    rc, s1 = profile.retriever, profile.stage1
+    bench = load_benchmark(profile.name)
+    t0 = time.perf_counter()
+    prepared = prepare(profile, bench)
+    stage = prepared.stage
+    timings = {"prepare_s": round(time.perf_counter() - t0, 1)}
+    val = [{"id": f"val-{i}", "question": q["question"], "golden_answers": q["golden_answers"]}
+           for i, q in enumerate(prepared.val_questions)]
+    coarse = CoarseRetrievers(profile, bench)
+    ranked = coarse.search("minilm", [q["question"] for q in val], rc.rerank_depth)
+    cands = {q["id"]: r for q, r in zip(val, ranked)}
+    text = {pid: p["text"] for pid, p in stage.passages.items()}
+    ks = [5, 20]
+    n_boot, seed = profile.retrieval.bootstrap_resamples, profile.seed
+    sample = sorted({p for r in ranked for p in r[:10]})[:400]  # for the cosine diagnostic
+
+    def score(run) -> dict:
+        res = evaluate_run(run, val, text, ks, n_boot, seed)
+        return {f"acc@{k}": round(100 * res["metrics"][f"acc@{k}"]["mean"], 1) for k in ks}
+
+    rows = {"random": {**{k: round(100 * v["mean"], 1) for k, v in
+                          random_ranking(cands, val, text, ks, n_boot, seed)["metrics"].items()}},
+            "minilm": score(cands)}
+    t0 = time.perf_counter()
+    stage.states([stage.passage_text(p) for p in dict.fromkeys(p for r in ranked for p in r)],
+                                 rc.max_len)
+    timings["val_trunk_s"] = round(time.perf_counter() - t0, 1)
+    for pooling in ("eos", "mean"):
+        stage.profile = with_fields(profile, {"pooling": pooling}, {})
+        stage.reset_adapter()
+        rows[f"llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
+                                         "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
+    for name, row in rows.items():
+        print(name, row, flush=True)
+    def write() -> None:
+        payload = {"profile": profile.name, "validation_questions": len(val),
+                   "training_groups": len(prepared.main), "env_groups": len(prepared.data),
+                   "mode": f"rerank of MiniLM's top {rc.rerank_depth}",
+                   "base": {"pooling": rc.pooling, "tau_r": rc.tau_r, "lr": s1.lr, "epochs": s1.epochs,
+                            "batch_size": s1.batch_size, "group_size": s1.group_size,
+                            "lora_layers": rc.lora_layers, "projection": s1.projection,
+                            "objective": "L_ctr + α L_align, α = 1"},
+                   "rows": rows, "timings_s": timings}
+        atomic_write_json(reports_dir(profile.reports_dir) / "results" / "benchmarks" / "stage1_sweep.json", payload)
+        cols = ["acc@5", "acc@20", "mean cos(d, d')", "steps", "train s", "final L_ctr", "changes"]
+        lines = [f"Stage-1 sweep on {len(val)} validation questions (held-out training questions), "
+                 f"{payload['mode']}, {profile.name} profile; base = {json.dumps(payload['base'])}", "",
+                 "| point | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
+        table = reports_dir(profile.reports_dir) / "tables" / "stage1_sweep.md"
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text("\n".join(lines) + "\n")
+
+    out_json = reports_dir(profile.reports_dir) / "results" / "benchmarks" / "stage1_sweep.json"
+    if args.append and out_json.exists():
+        old = json.loads(out_json.read_text())
+        if old.get("validation_questions") == len(val) and old.get("training_groups") == len(prepared.main):
+            rows = {**old["rows"], **{k: v for k, v in rows.items() if k not in old["rows"]}}
+    ridge = {}
+    for name in args.points:
+        if name in rows:
+            continue
+        objective, r_over, s_over = POINTS[name]
+        p = with_fields(profile, r_over, s_over)
+        main_data = prepared.main
+        if "group_size" in s_over:
+            main_data = stage.training_data(env_subset(prepared.all_groups, 0, s_over["group_size"]), None, None)
+        stage.profile = p
+        stage.reset_adapter()
+        projection = None
+        if p.stage1.projection == "ridge":
+            if p.stage1.ridge_lambda not in ridge:
+                ridge[p.stage1.ridge_lambda] = stage.fit_projection(prepared.all_groups)
+            projection = ridge[p.stage1.ridge_lambda]
+        t0 = time.perf_counter()
+        hist = []
+        if objective is not None:
+            hist = train_retriever(stage.model, stage.split, main_data, objective, p,
+                                   data_dir() / "checkpoints" / "sweep" / name, log=lambda *a: None,
+                                   env_data=prepared.data, projection=projection)["history"]
+        train_s = time.perf_counter() - t0
+        stage.projection = projection
+        run = stage.rerank(val, cands, rc.rerank_depth)
+        rows[name] = {**score(run), "mean cos(d, d')": round(passage_cosine(stage, sample), 3),
+                      "steps": len(hist), "train s": round(train_s),
+                      "final L_ctr": round(hist[-1]["ctr"], 3) if hist else "",
+                      "changes": json.dumps({**r_over, **s_over, **({} if objective == Objective(alpha=1.0) else
+                                             {"objective": "none (untrained)" if objective is None else
+                                              dataclasses.asdict(objective)})})}
+        print(name, rows[name], flush=True)
+        write()
+    stage.profile = profile
+    stage.reset_adapter()
+    write()
+    print((reports_dir(profile.reports_dir) / "tables" / "stage1_sweep.md").read_text())
+
+if __name__ == "__main__":
+    main()
