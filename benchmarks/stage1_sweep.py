@@ -30,7 +30,10 @@ from invar_rag_lib.retrieval.harness import evaluate_run, random_ranking
 from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare
 from invar_rag_lib.stage1.train import Objective, train_retriever
 
-# name -> (objective, retriever overrides, stage1 overrides). `base` is the recipe's centre.
+# The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
+BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05}
+BASE_STAGE1 = {"lr": 1e-3, "epochs": 1, "batch_size": 16, "group_size": 8, "projection": "none"}
+# name -> (objective, retriever overrides, stage1 overrides) on top of the base.
 POINTS = {
     "ridge-zero": (None, {}, {"projection": "ridge"}),  # no training: the frozen model + ridge map
     "ridge": (Objective(alpha=1.0), {}, {"projection": "ridge"}),
@@ -54,8 +57,9 @@ POINTS = {
 
 
 def with_fields(profile, retriever: dict, stage1: dict):
-    return dataclasses.replace(profile, retriever=dataclasses.replace(profile.retriever, **retriever),
-                               stage1=dataclasses.replace(profile.stage1, **stage1))
+    return dataclasses.replace(
+        profile, retriever=dataclasses.replace(profile.retriever, **{**BASE_RETRIEVER, **retriever}),
+        stage1=dataclasses.replace(profile.stage1, **{**BASE_STAGE1, **stage1}))
 
 
 @torch.no_grad()
@@ -70,7 +74,7 @@ def main() -> None:
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of an earlier run with the same base settings; run only new points")
     args = ap.parse_args()
-    profile = load_profile(args.profile)
+    profile = with_fields(load_profile(args.profile), {}, {})
     rc, s1 = profile.retriever, profile.stage1
     bench = load_benchmark(profile.name)
     t0 = time.perf_counter()
@@ -106,6 +110,8 @@ def main() -> None:
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
+        order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)", *POINTS]
+        ordered_rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
         payload = {"profile": profile.name, "validation_questions": len(val),
                    "training_groups": len(prepared.main), "env_groups": len(prepared.data),
                    "mode": f"rerank of MiniLM's top {rc.rerank_depth}",
@@ -113,13 +119,14 @@ def main() -> None:
                             "batch_size": s1.batch_size, "group_size": s1.group_size,
                             "lora_layers": rc.lora_layers, "projection": s1.projection,
                             "objective": "L_ctr + α L_align, α = 1"},
-                   "rows": rows, "timings_s": timings}
+                   "rows": ordered_rows, "timings_s": timings,
+                   "note": "train s is wall time on the 2-core machine; some points ran beside other jobs"}
         atomic_write_json(reports_dir(profile.reports_dir) / "results" / "benchmarks" / "stage1_sweep.json", payload)
         cols = ["acc@5", "acc@20", "mean cos(d, d')", "steps", "train s", "final L_ctr", "changes"]
         lines = [f"Stage-1 sweep on {len(val)} validation questions (held-out training questions), "
                  f"{payload['mode']}, {profile.name} profile; base = {json.dumps(payload['base'])}", "",
                  "| point | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for name, row in rows.items():
+        for name, row in ordered_rows.items():
             lines.append(f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
         table = reports_dir(profile.reports_dir) / "tables" / "stage1_sweep.md"
         table.parent.mkdir(parents=True, exist_ok=True)

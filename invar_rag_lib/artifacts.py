@@ -49,6 +49,12 @@ def _p_vs_ctr(r: dict) -> pd.DataFrame:
 def _floors(r: dict, k: int = 5) -> pd.DataFrame:
     """acc@k of every LLM variant beside its two floors (the random rerank and the untrained
     model), with paired p-values, and the collapse check (mean pairwise cosine of h(d))."""
+    n_res = r["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
+
+    def p_of(name: str, base: str, ds: str) -> str:
+        p = r["paired_pvalues"].get(f"{name}_vs_{base}/{ds}", {}).get(f"acc@{k}")
+        return "—" if p is None else claims.fmt_p(p, n_res)
+
     rows = {}
     for n in tables.ordered_retrievers(r["retrievers"]):
         if n in ("bm25", "minilm", "random"):
@@ -56,14 +62,19 @@ def _floors(r: dict, k: int = 5) -> pd.DataFrame:
         cells = {}
         for ds in tables.ordered(r["retrievers"][n]):
             name = tables.DATASET_NAMES.get(ds, ds)
-            cells[f"{name} acc@{k}"] = round(100 * r["retrievers"][n][ds]["metrics"][f"acc@{k}"]["mean"], 1)
-            cells[f"{name} random"] = round(100 * r["retrievers"]["random"][ds]["metrics"][f"acc@{k}"]["mean"], 1)
-            cells[f"{name} p vs random"] = r["paired_pvalues"].get(f"{n}_vs_random/{ds}", {}).get(f"acc@{k}")
-            if n != "llm-zero":
-                cells[f"{name} p vs llm-zero"] = r["paired_pvalues"].get(f"{n}_vs_llm-zero/{ds}", {}).get(f"acc@{k}")
-        cells["mean cos(d, d')"] = round(r.get("passage_cosine", {}).get(n, float("nan")), 3)
+            cells[f"{name} acc@{k}"] = f"{100 * r['retrievers'][n][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
+            cells[f"{name} p vs random"] = p_of(n, "random", ds)
+            cells[f"{name} p vs llm-zero"] = "—" if n == "llm-zero" else p_of(n, "llm-zero", ds)
+        cosine = r.get("passage_cosine", {}).get(n)
+        cells["mean cos(d, d')"] = "—" if cosine is None else f"{cosine:.3f}"
         rows[tables.display_name(n)] = cells
-    return pd.DataFrame(rows).T.rename_axis("retriever")
+    random_row = {f"{tables.DATASET_NAMES.get(ds, ds)} acc@{k}":
+                  f"{100 * r['retrievers']['random'][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
+                  for ds in tables.ordered(r["retrievers"]["random"])}
+    df = pd.DataFrame({"random (expected)": random_row, **rows}).T.fillna("—")
+    columns = [c for ds in tables.ordered(r["retrievers"]["random"]) for c in df.columns
+               if c.startswith(tables.DATASET_NAMES.get(ds, ds) + " ")] + ["mean cos(d, d')"]
+    return df[columns].rename_axis("retriever")
 
 
 def _pooling_table(r: dict) -> pd.DataFrame:

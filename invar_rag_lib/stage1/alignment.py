@@ -21,19 +21,28 @@ from .pipeline import RetrieverStage
 from .train import Objective, TrainingData, group_scores, train_retriever
 
 
+TRUNK_CACHE_TOLERANCE = 1e-5  # max |h_cached − h_plain| allowed (float32 states)
+
+
 @torch.no_grad()
 def trunk_cache_check(stage: RetrieverStage, texts: list[str]) -> dict:
-    """Max |h_cached − h_plain| over `texts`, for both padding sides, with the current adapter."""
+    """Max |h_cached − h_plain| over `texts`, for both padding sides, with the current adapter and
+    the profile's pooling. Raises when the cached path is not exact: nothing downstream may use it."""
     rc = stage.profile.retriever
-    out = {}
+    out = {"pooling": rc.pooling}
     for side in ("left", "right"):
-        plain = encode_full(stage.model, tokenize(stage.tokenizer, texts, rc.max_len, side))
+        plain = encode_full(stage.model, tokenize(stage.tokenizer, texts, rc.max_len, side), rc.pooling)
         enc = stage.encoder().eval()
         enc.padding_side = side
         cached = enc.encode(stage.states(texts, rc.max_len))
+        if stage.projection is not None:
+            plain = torch.nn.functional.normalize(plain @ stage.projection, dim=-1)
         out[f"max_abs_diff_{side}"] = float((plain - cached).abs().max())
-    out["tolerance"] = 1e-5
-    out["exact"] = all(v <= 1e-5 for k, v in out.items() if k.startswith("max_abs"))
+    out["tolerance"] = TRUNK_CACHE_TOLERANCE
+    out["exact"] = all(v <= TRUNK_CACHE_TOLERANCE for k, v in out.items() if k.startswith("max_abs"))
+    if not out["exact"]:
+        raise RuntimeError(f"the trunk-cache path differs from a plain forward: {out}; delete "
+                           f"{stage.trunk.dir} and rerun")
     return out
 
 
