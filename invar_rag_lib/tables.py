@@ -83,5 +83,6 @@ def stability_table(results: dict, k: int = 5) -> pd.DataFrame:
                 continue
             row[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(stab[f"jaccard@{k}"])
             row[f"{DATASET_NAMES.get(ds, ds)} hit-std@{k} ↓"] = fmt_ci(stab[f"has_answer_std@{k}"])
-        table[display_name(name)] = row
+        if row:  # the random floor has no rankings, hence no stability
+            table[display_name(name)] = row
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")
