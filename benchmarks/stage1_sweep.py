@@ -21,13 +21,12 @@ import time
 
 import torch
 
-from invar_rag_lib.baselines import CoarseRetrievers
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
 from invar_rag_lib.paths import data_dir, reports_dir
 from invar_rag_lib.retrieval.harness import evaluate_run, random_ranking
-from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare
+from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare, validation_set
 from invar_rag_lib.stage1.train import Objective, train_retriever
 
 # The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
@@ -81,11 +80,8 @@ def main() -> None:
     prepared = prepare(profile, bench)
     stage = prepared.stage
     timings = {"prepare_s": round(time.perf_counter() - t0, 1)}
-    val = [{"id": f"val-{i}", "question": q["question"], "golden_answers": q["golden_answers"]}
-           for i, q in enumerate(prepared.val_questions)]
-    coarse = CoarseRetrievers(profile, bench)
-    ranked = coarse.search("minilm", [q["question"] for q in val], rc.rerank_depth)
-    cands = {q["id"]: r for q, r in zip(val, ranked)}
+    val, cands = validation_set(profile, bench, prepared.val_questions)
+    ranked = [cands[q["id"]] for q in val]
     text = {pid: p["text"] for pid, p in stage.passages.items()}
     ks = [5, 20]
     n_boot, seed = profile.retrieval.bootstrap_resamples, profile.seed

@@ -1,24 +1,22 @@
 """Notebook 02's experiments: the trunk-cache equality check and the alignment loss at work."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .. import losses
 from ..config import Profile
 from ..data import Benchmark
-from ..llm.encoder import encode_full, tokenize
+from ..llm.encoder import POOLINGS, encode_full, tokenize
 from ..paths import data_dir
-from .groups import build_groups, training_split
-
-from dataclasses import replace
-
-from ..baselines import CoarseRetrievers
-from ..llm.encoder import POOLINGS
 from ..retrieval.harness import evaluate_run, random_ranking
-
-DEMO_GROUPS = 128  # the demonstration trains on this many groups only (the real runs: notebook 04)
+from .experiment import validation_set
+from .groups import build_groups, training_split
 from .pipeline import RetrieverStage
 from .train import Objective, TrainingData, group_scores, train_retriever
+
+DEMO_GROUPS = 128  # the demonstration trains on this many groups only (the real runs: notebook 04)
 
 
 TRUNK_CACHE_TOLERANCE = 1e-5  # max |h_cached − h_plain| allowed (float32 states)
@@ -93,12 +91,9 @@ def pooling_floor(profile: Profile, bench: Benchmark, stage: RetrieverStage, log
     training questions, never the evaluation samples), reranking MiniLM's top `rerank_depth`,
     beside the exact random rerank of the same candidates and MiniLM itself."""
     cfg = profile.retrieval
-    val = [{"id": f"val-{i}", "question": q["question"], "golden_answers": q["golden_answers"]}
-           for i, q in enumerate(training_split(profile, bench)[1])]
+    val, cands = validation_set(profile, bench, training_split(profile, bench)[1], log=log)
     depth = min(profile.retriever.rerank_depth, len(stage.passages))
     ks = [k for k in (5, 20) if k <= depth]
-    ranked = CoarseRetrievers(profile, bench, log=log).search("minilm", [q["question"] for q in val], depth)
-    cands = {q["id"]: r for q, r in zip(val, ranked)}
     text = {pid: p["text"] for pid, p in stage.passages.items()}
     rows = {"random": random_ranking(cands, val, text, ks, cfg.bootstrap_resamples, profile.seed)["metrics"],
             "minilm": evaluate_run(cands, val, text, ks, cfg.bootstrap_resamples, profile.seed)["metrics"]}

@@ -8,10 +8,9 @@ for the stability metrics), and scores them beside BM25 and MiniLM.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
-
-import math
 
 import torch
 
@@ -81,6 +80,16 @@ def prepare(profile: Profile, bench: Benchmark, stage: RetrieverStage | None = N
     log(f"training: {len(all_groups)} groups of {s1.group_size} (L_ctr, L_align); {len(groups)} with "
         f"environments and LSR over {s1.env_group_size} members (L_inv, LSR); {len(val_q)} validation questions")
     return Prepared(stage, groups, rewrites, lsr, data, timings, all_groups, main, val_q, projection)
+
+
+def validation_set(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> tuple[list[dict], dict]:
+    """The validation questions (held-out training questions) as eval-style records, and MiniLM's
+    top `rerank_depth` candidates for each: what notebook 02's pooling floor and the sweep rerank."""
+    val = [{"id": f"val-{i}", "question": q["question"], "golden_answers": q["golden_answers"]}
+           for i, q in enumerate(questions)]
+    depth = min(profile.retriever.rerank_depth, len(bench.corpus))
+    ranked = CoarseRetrievers(profile, bench, log=log).search("minilm", [q["question"] for q in val], depth)
+    return val, {q["id"]: r for q, r in zip(val, ranked)}
 
 
 COSINE_SAMPLE = 500  # passages in the collapse check (mean pairwise cosine of h(d))

@@ -126,12 +126,8 @@ class RetrieverStage:
             return load_file(str(path))["W"]
         saved, self.projection = self.projection, None
         try:
-            enc = self.encoder().eval()
-            with self.model.disable_adapter():
-                xq = torch.cat([enc.encode(c) for c in _chunks(self.states(
-                    [self.query_text(q) for q in questions], rc.query_max_len), 64)])
-                xp = torch.cat([enc.encode(c) for c in _chunks(self.states(
-                    [self.passage_text(p) for p in pids], rc.max_len), 64)])
+            xq = self.query_reps([self.query_text(q) for q in questions], adapter=False)
+            xp = self.passage_reps(pids, adapter=False)
         finally:
             self.projection = saved
         coarse = CoarseRetrievers(self.profile, self.bench, log=log)
@@ -162,18 +158,23 @@ class RetrieverStage:
         return torch.stack([memo[p] for p in pids])
 
     @torch.no_grad()
+    def query_reps(self, texts: Sequence[str], adapter: bool = True) -> torch.Tensor:
+        """h(q) for already formatted query `texts`, with the adapter as it is now (or switched off)."""
+        enc = self.encoder().eval()
+        with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
+            states = self.states(list(texts), self.profile.retriever.query_max_len)
+            return torch.cat([enc.encode(chunk) for chunk in _chunks(states, 64)])
+
+    @torch.no_grad()
     def rerank(self, questions: Sequence[dict], candidates: dict[str, list[str]], depth: int,
                query_texts: dict[str, str] | None = None, adapter: bool = True,
                memo: dict | None = None) -> dict[str, list[str]]:
         """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids.
         Pass the same `memo` to every call made with the same adapter weights."""
-        rc = self.profile.retriever
-        enc = self.encoder().eval()
         pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
         p_reps = self.passage_reps(pool, memo, adapter)
-        with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
-            texts = [self.query_text((query_texts or {}).get(q["id"], q["question"])) for q in questions]
-            q_reps = torch.cat([enc.encode(chunk) for chunk in _chunks(self.states(texts, rc.query_max_len), 64)])
+        q_reps = self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"]))
+                                  for q in questions], adapter)
         row = {p: i for i, p in enumerate(pool)}
         run = {}
         for q, qr in zip(questions, q_reps):
