@@ -30,7 +30,7 @@ from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, pr
 from invar_rag_lib.stage1.train import Objective, train_retriever
 
 # The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
-BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05}
+BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2}
 BASE_STAGE1 = {"lr": 1e-3, "epochs": 1, "batch_size": 16, "group_size": 8, "projection": "none"}
 # name -> (objective, retriever overrides, stage1 overrides) on top of the base.
 POINTS = {
@@ -72,8 +72,14 @@ def main() -> None:
     ap.add_argument("--points", nargs="*", default=list(POINTS))
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of an earlier run with the same base settings; run only new points")
+    ap.add_argument("--lora-layers", type=int, default=BASE_RETRIEVER["lora_layers"],
+                    help="LoRA depth for this run's points (another depth needs its own trunk states; "
+                         "its rows are named L<depth>-<point>)")
     args = ap.parse_args()
-    profile = with_fields(load_profile(args.profile), {}, {})
+    depth = {} if args.lora_layers == BASE_RETRIEVER["lora_layers"] else {"lora_layers": args.lora_layers}
+    prefix = f"L{args.lora_layers}-" if depth else ""
+    base_profile = with_fields(load_profile(args.profile), {}, {})
+    profile = with_fields(load_profile(args.profile), depth, {})
     rc, s1 = profile.retriever, profile.stage1
     bench = load_benchmark(profile.name)
     t0 = time.perf_counter()
@@ -99,21 +105,22 @@ def main() -> None:
                                  rc.max_len)
     timings["val_trunk_s"] = round(time.perf_counter() - t0, 1)
     for pooling in ("eos", "mean"):
-        stage.profile = with_fields(profile, {"pooling": pooling}, {})
+        stage.profile = with_fields(profile, {**depth, "pooling": pooling}, {})
         stage.reset_adapter()
         rows[f"llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
                                          "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
-        order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)", *POINTS]
+        order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)",
+                 *(f"{d}{p}" for d in ("", "L1-", "L3-", "L4-") for p in POINTS)]
         ordered_rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
         payload = {"profile": profile.name, "validation_questions": len(val),
                    "training_groups": len(prepared.main), "env_groups": len(prepared.data),
                    "mode": f"rerank of MiniLM's top {rc.rerank_depth}",
                    "base": {"pooling": rc.pooling, "tau_r": rc.tau_r, "lr": s1.lr, "epochs": s1.epochs,
                             "batch_size": s1.batch_size, "group_size": s1.group_size,
-                            "lora_layers": rc.lora_layers, "projection": s1.projection,
+                            "lora_layers": base_profile.retriever.lora_layers, "projection": s1.projection,
                             "objective": "L_ctr + α L_align, α = 1"},
                    "rows": ordered_rows, "timings_s": timings,
                    "note": "train s is wall time on the 2-core machine; some points ran beside other jobs"}
@@ -134,10 +141,12 @@ def main() -> None:
         if old.get("validation_questions") == len(val) and old.get("training_groups") == len(prepared.main):
             rows = {**old["rows"], **{k: v for k, v in rows.items() if k not in old["rows"]}}
     ridge = {}
-    for name in args.points:
+    for point in args.points:
+        name = prefix + point
         if name in rows:
             continue
-        objective, r_over, s_over = POINTS[name]
+        objective, r_over, s_over = POINTS[point]
+        r_over = {**depth, **r_over}
         p = with_fields(profile, r_over, s_over)
         main_data = prepared.main
         if "group_size" in s_over:

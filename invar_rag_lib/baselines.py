@@ -5,13 +5,12 @@ coarse candidates `K(q)` of later stages and the passages of the `bm25-rag` / `m
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Sequence
 
 from .config import Profile
 from .data import Benchmark
-from .io_utils import atomic_write_json
+from .integrity import IntegrityError, read_sealed_json, write_sealed_json
 from .paths import cache_dir, runs_dir
 from .retrieval.bm25 import BM25Retriever
 from .retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
@@ -75,7 +74,7 @@ def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
 
     results: dict = {"retrievers": {}, "paired_pvalues": {}}
     for name, by_ds in runs.items():
-        atomic_write_json(runs_dir(profile.name) / f"{name}.json",
+        write_sealed_json(runs_dir(profile.name) / f"{name}.json",
                           {"retriever": name, "depth": depth, "runs": by_ds,
                            "benchmark_build_key": bench.manifest["build_key"]})
         results["retrievers"][name] = {
@@ -100,7 +99,11 @@ def load_run(profile_name: str, retriever: str, bench: Benchmark | None = None) 
     path = runs_dir(profile_name) / f"{retriever}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run notebook 01_baselines first")
-    run = json.loads(path.read_text())
+    try:
+        run = read_sealed_json(path)
+    except IntegrityError as e:
+        raise IntegrityError(path, f"{e.reason}: rerun notebook 01_baselines "
+                             f"(invar-rag reproduce --profile {profile_name} --only 01)") from e
     if bench is not None and run.get("benchmark_build_key") != bench.manifest["build_key"]:
         raise ValueError(f"{path} was made on another build of the {profile_name} benchmark: "
                          f"rerun notebook 01_baselines (invar-rag reproduce --profile {profile_name} --only 01)")

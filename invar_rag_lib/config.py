@@ -146,6 +146,7 @@ class GeneratorConfig:
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
     max_new_tokens: int = 16
+    checkpoint_every: int = 20  # steps between generator checkpoints (and at the end)
     generate_batch_size: int = 16
     decode_attention: str = "sdpa"  # attention kernel while decoding ("eager" | "sdpa"); sdpa is faster on CPU
 
@@ -301,6 +302,20 @@ def _validate(p: Profile, where: str) -> None:
         raise ConfigError(f"{where}.stage1: need lr > 0 and epochs, batch_size, grad_accum, checkpoint_every >= 1")
     if r.max_len < 2 or r.query_max_len < 2:
         raise ConfigError(f"{where}.retriever: max_len and query_max_len must be >= 2 (text + EOS)")
+    if r.lora_r < 1 or r.lora_alpha <= 0 or not 0 <= r.lora_dropout < 1 or r.rerank_depth < 1:
+        raise ConfigError(f"{where}.retriever: need lora_r >= 1, lora_alpha > 0, 0 <= lora_dropout < 1, "
+                          "rerank_depth >= 1")
+    if g.lr <= 0 or g.epochs < 1 or g.batch_size < 1 or g.checkpoint_every < 1 or g.generate_batch_size < 1 \
+            or g.train_questions < 1:
+        raise ConfigError(f"{where}.generator: need lr > 0 and epochs, batch_size, checkpoint_every, "
+                          "generate_batch_size, train_questions >= 1")
+    d = p.data
+    if d.eval_questions_per_dataset < 1 or d.corpus_pool_questions_per_dataset < d.eval_questions_per_dataset \
+            or d.distractor_passages < 0 or d.train_questions_per_source < 0:
+        raise ConfigError(f"{where}.data: need eval_questions_per_dataset >= 1, corpus_pool_questions_per_dataset "
+                          ">= eval_questions_per_dataset, distractor_passages and train_questions_per_source >= 0")
+    if p.retrieval.bootstrap_resamples < 1:
+        raise ConfigError(f"{where}.retrieval.bootstrap_resamples must be >= 1")
 
 
 def deep_update(base: dict, overrides: Mapping[str, Any], where: str = "overrides") -> dict:

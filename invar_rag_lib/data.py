@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .config import Profile
+from .integrity import IntegrityError, check_dir, seal_dir
 from .io_utils import atomic_write_json, replace_dir, sha256_file, sha256_text
 from .metrics import AnswerIndex, normalize_answer
 from .paths import SOURCE_FILES, find_sources, processed_dir
@@ -102,7 +103,12 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     key = build_key(profile, inputs)
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        try:
+            check_dir(out)
+            old = json.loads(manifest_path.read_text())
+        except (IntegrityError, json.JSONDecodeError) as e:
+            log(f"benchmark {out} is damaged ({getattr(e, 'reason', e)}); rebuilding it")
+            old = {}
         if old.get("build_key") == key:
             log(f"benchmark for profile {profile.name!r} is up to date: {out}")
             return old
@@ -113,6 +119,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         manifest = _save(built, tmp, profile, source_dir, inputs, key)
+        seal_dir(tmp)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -287,6 +294,11 @@ def load_benchmark(profile_name: str, path: str | Path | None = None) -> Benchma
         raise FileNotFoundError(
             f"no benchmark at {root}: run `invar-rag data prepare --profile {profile_name}` first"
         )
+    try:
+        check_dir(root)
+    except IntegrityError as e:
+        raise IntegrityError(e.path, f"{e.reason}; rebuild the benchmark with "
+                             f"`invar-rag data prepare --profile {profile_name} --force`") from e
     return Benchmark(
         eval=dict(datasets.load_from_disk(str(root / "eval"))),
         train=dict(datasets.load_from_disk(str(root / "train"))),

@@ -145,7 +145,8 @@ def test_cache_converts_once_then_reuses(fake_conversion, isolated_home):
     assert B.ensure_smollm2_fp32(gguf_path=gguf) == d
     assert len(calls) == 1 and _cache_ok(d, gguf)
     marker = json.loads((d / B.MARKER).read_text())
-    assert "model.safetensors" in marker["files"] and marker["gguf"]["sha256"] == B.sha256_file(gguf)
+    assert marker["gguf"]["sha256"] == B.sha256_file(gguf)
+    assert "model.safetensors" in (d / "MANIFEST.sha256").read_text()  # every file's digest
 
 
 @pytest.mark.parametrize("damage", ["delete_weights", "truncate_weights", "remove_marker", "garble_marker"])

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from invar_rag_lib.stage1.train import get_lr
+from invar_rag_lib.training import get_lr
 
 SCRIPT = Path(__file__).with_name("train_tiny_script.py")
 
 
-def run_script(out, accum, stop="-", resume=False, processes=1):
+def run_script(out, accum, stop="-", resume=False, processes=1, flags=(), expect_ok=True):
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    args = [str(SCRIPT), str(out), str(accum), stop] + (["--resume"] if resume else [])
+    args = [str(SCRIPT), str(out), str(accum), stop] + (["--resume"] if resume else []) + list(flags)
     if processes == 1:
         cmd = [sys.executable] + args
     else:
@@ -27,6 +27,8 @@ def run_script(out, accum, stop="-", resume=False, processes=1):
                str(processes), "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no"] + args
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if not expect_ok:
+        return proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(str(Path(out) / "final.safetensors")), json.loads((Path(out) / "history.json").read_text())
 
@@ -47,10 +49,10 @@ def uninterrupted(tmp_path_factory):
 def test_training_changes_lora_and_loss_is_logged(uninterrupted):
     weights, history = uninterrupted
     from train_tiny_script import make_setup  # the same initial weights (tests/ is on sys.path)
-    from invar_rag_lib.stage1.train import lora_state
+    from invar_rag_lib.training import lora_state
 
     _, model, _ = make_setup(2)
-    init = lora_state(model)
+    init = lora_state(model, "retriever")
     assert set(weights) == set(init)
     assert any(not torch.equal(weights[k], init[k]) for k in weights if "lora_B" in k)
     assert [h["step"] for h in history] == list(range(1, len(history) + 1))
@@ -66,6 +68,34 @@ def test_resume_continues_to_the_same_result(uninterrupted, tmp_path):
     for k in weights:
         torch.testing.assert_close(resumed[k], weights[k], atol=1e-6, rtol=0)
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in full_history], abs=1e-5)
+
+
+def test_resume_with_dropout_restores_every_rng_state(tmp_path):
+    """LoRA dropout draws from torch's RNG at every step: a resumed run equals an uninterrupted
+    one only if the checkpoint restored that RNG (and python's and numpy's) exactly."""
+    full, full_history = run_script(tmp_path / "full", accum=1, flags=["--dropout=0.3"])
+    run_script(tmp_path / "cut", accum=1, stop="3", flags=["--dropout=0.3"])
+    resumed, history = run_script(tmp_path / "cut", accum=1, resume=True, flags=["--dropout=0.3"])
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in full_history], abs=1e-6)
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=0)
+    assert not (tmp_path / "cut" / "checkpoint-latest" / "rng.pt").exists()  # nothing pickled
+    assert (tmp_path / "cut" / "checkpoint-latest" / "MANIFEST.sha256").exists()
+
+
+def test_resume_under_another_config_is_refused_naming_the_field(tmp_path):
+    run_script(tmp_path, accum=2, stop="2")
+    proc = run_script(tmp_path, accum=2, resume=True, flags=["--lr=0.5"], expect_ok=False)
+    assert proc.returncode != 0
+    assert "cannot resume" in proc.stderr and "stage1.lr" in proc.stderr
+
+
+def test_resume_from_a_damaged_checkpoint_is_refused(tmp_path):
+    run_script(tmp_path, accum=2, stop="2")
+    adapter = tmp_path / "checkpoint-latest" / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-8] + b"\0" * 8)  # same size, other values
+    proc = run_script(tmp_path, accum=2, resume=True, expect_ok=False)
+    assert proc.returncode != 0 and "is damaged" in proc.stderr and "adapter.safetensors" in proc.stderr
 
 
 def test_two_processes_match_one_process_with_accumulation(uninterrupted, tmp_path):

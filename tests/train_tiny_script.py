@@ -1,6 +1,7 @@
 """Train the retriever adapter of the tiny model on synthetic groups and save the final LoRA
 weights: run directly (1 process) or under `accelerate launch --num_processes 2 --cpu` by
-tests/test_stage1_train.py, which compares the two. Usage: SCRIPT OUT_DIR GRAD_ACCUM [STOP_AFTER] [--resume]"""
+tests/test_stage1_train.py, which compares the two.
+Usage: SCRIPT OUT_DIR GRAD_ACCUM [STOP_AFTER] [--resume] [--dropout=P] [--lr=X]"""
 import json
 import sys
 
@@ -11,15 +12,17 @@ from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.encoder import add_retriever_adapter, tokenize, trunk_states
 from invar_rag_lib.losses import lsr_distribution
 from invar_rag_lib.stage1.environments import environments
-from invar_rag_lib.stage1.train import Objective, TrainingData, lora_state, train_retriever
+from invar_rag_lib.stage1.train import Objective, TrainingData, train_retriever
+from invar_rag_lib.training import lora_state
 
 N_GROUPS, G = 16, 3
 
 
-def make_setup(grad_accum: int, dropout: float = 0.0):
+def make_setup(grad_accum: int, dropout: float = 0.0, lr: float | None = None):
     profile = load_profile("smoke", overrides={
         "stage1.grad_accum": grad_accum, "stage1.batch_size": 2, "stage1.epochs": 2,
-        "stage1.checkpoint_every": 2, "stage1.warmup_steps": 1, "retriever.lora_dropout": dropout})
+        "stage1.checkpoint_every": 2, "stage1.warmup_steps": 1, "retriever.lora_dropout": dropout,
+        **({} if lr is None else {"stage1.lr": lr})})
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     model = add_retriever_adapter(tiny_llama(seed=0), 2, 4, 8, dropout, ["q_proj", "v_proj"])
@@ -57,7 +60,9 @@ def make_setup(grad_accum: int, dropout: float = 0.0):
 if __name__ == "__main__":
     out, accum = sys.argv[1], int(sys.argv[2])
     stop = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] != "-" else None
-    profile, model, data = make_setup(accum)
+    flags = dict(a[2:].split("=", 1) for a in sys.argv if a.startswith("--") and "=" in a)
+    profile, model, data = make_setup(accum, float(flags.get("dropout", 0.0)),
+                                      float(flags["lr"]) if "lr" in flags else None)
     result = train_retriever(model, 2, data, Objective(alpha=1.0, lam=0.5, gamma=1.0), profile, out,
                              resume="--resume" in sys.argv, log=lambda *a: None, stop_after=stop)
     from accelerate import PartialState
@@ -65,6 +70,6 @@ if __name__ == "__main__":
     if PartialState().is_main_process:
         from safetensors.torch import save_file
 
-        save_file(lora_state(model), f"{out}/final.safetensors")
+        save_file(lora_state(model, "retriever"), f"{out}/final.safetensors")
         with open(f"{out}/history.json", "w") as f:
             json.dump(result["history"], f)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from invar_rag_lib.integrity import IntegrityError, check_dir, seal_dir
 from invar_rag_lib.io_utils import atomic_write_json, replace_dir, sha256_file
 from invar_rag_lib.paths import cache_dir
 
@@ -145,23 +146,17 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _file_hashes(d: Path) -> dict[str, dict]:
-    return {p.relative_to(d).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-            for p in sorted(d.rglob("*")) if p.is_file() and p.name != MARKER}
-
-
 def _cache_state(d: Path, gguf_sha: str) -> str:
-    """'valid', 'stale' (intact, but made from another GGUF) or 'corrupt'.
+    """'valid', 'stale' (intact, but made from another GGUF) or 'corrupt' (`integrity.check_dir`).
 
     Every file is re-hashed on each use: ~0.4 s for the ~540 MB of weights, cheap next to loading
     them, and it catches a truncated or edited file that a size check would miss.
     """
     try:
+        check_dir(d)
         marker = json.loads((d / MARKER).read_text())
-        if marker["files"] != _file_hashes(d):
-            return "corrupt"
         return "valid" if marker["gguf"]["sha256"] == gguf_sha else "stale"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (IntegrityError, OSError, ValueError, KeyError, TypeError):
         return "corrupt"
 
 
@@ -169,7 +164,7 @@ def ensure_smollm2_fp32(cache_root: Path | None = None, gguf_path: Path | None =
     """The cached fp32 SmolLM2 directory, converting the GGUF only when no verified copy exists.
 
     The copy is built in a temp dir beside the cache and swapped in whole, with a `complete.json`
-    (every file's sha256, then the GGUF's) written last, so a crash never leaves a loadable half copy.
+    (the GGUF's sha256) and the folder's manifest (every file's sha256) written last, so a crash never leaves a loadable half copy.
     A corrupt copy is deleted before rebuilding; a stale one stays until its replacement is in place.
     A lock file serialises concurrent callers.
     """
@@ -184,14 +179,16 @@ def ensure_smollm2_fp32(cache_root: Path | None = None, gguf_path: Path | None =
         if state == "valid":
             return final
         if state == "corrupt":
+            print(f"converted model cache {final} is damaged or incomplete; deleted, converting again")
             shutil.rmtree(final)
         for leftover in root.glob(f".{SMOLLM2_CACHE_NAME}.tmp-*"):  # from a killed run; we hold the lock
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{SMOLLM2_CACHE_NAME}.tmp-"))
         try:
             _convert_gguf(gguf_path, tmp)
-            atomic_write_json(tmp / MARKER, {"files": _file_hashes(tmp), "gguf": {
+            atomic_write_json(tmp / MARKER, {"gguf": {
                 "name": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": gguf_sha}})
+            seal_dir(tmp)
             return replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

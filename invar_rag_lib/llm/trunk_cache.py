@@ -13,11 +13,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..io_utils import atomic_write_bytes, sha256_text
+from ..integrity import load_or_none, read_sealed, write_sealed
+from ..io_utils import sha256_text
 
 
 def trunk_fingerprint(model, split: int, extra: str = "") -> str:
-    """Hash of the weights that the trunk states depend on (embeddings + layers below `split`)."""
+    """Hash of the weights that the trunk states depend on (embeddings + layers below `split`).
+
+    Base-weight names are read without peft's `.base_layer` infix, so the hash does not depend on
+    which layers carry a LoRA adapter (LoRA weights themselves are left out)."""
     from .encoder import decoder_of
 
     decoder = decoder_of(model)
@@ -27,14 +31,14 @@ def trunk_fingerprint(model, split: int, extra: str = "") -> str:
         for name, tensor in sorted(module.state_dict().items()):
             if "lora_" in name:
                 continue
-            h.update(name.encode())
+            h.update(name.replace(".base_layer", "").encode())
             h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 class TrunkCache:
-    def __init__(self, root: str | Path, fingerprint: str):
-        self.dir = Path(root) / fingerprint
+    def __init__(self, root: str | Path, fingerprint: str, log=print):
+        self.dir, self.log = Path(root) / fingerprint, log
         self.states: dict[str, torch.Tensor] = {}
         self.shards = sorted(self.dir.glob("shard-*.safetensors")) if self.dir.exists() else []
         self._loaded = False
@@ -44,11 +48,16 @@ class TrunkCache:
         return sha256_text(text, str(max_len))[:32]
 
     def _load(self) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         if not self._loaded:
+            good = []
             for shard in self.shards:
-                self.states.update(load_file(str(shard)))
+                states = load_or_none(shard, lambda p: load(read_sealed(p)), "trunk-state shard", self.log)
+                if states is not None:  # a damaged shard is deleted; its texts are recomputed on demand
+                    self.states.update(states)
+                    good.append(shard)
+            self.shards = good
             self._loaded = True
 
     def __len__(self) -> int:
@@ -75,7 +84,7 @@ class TrunkCache:
                 for k, state in zip(chunk, compute([text_of[k] for k in chunk])):
                     new[k] = state.detach().to(torch.float32).contiguous()
             shard = self.dir / f"shard-{len(self.shards):05d}-{sha256_text(*todo)[:8]}.safetensors"
-            atomic_write_bytes(shard, save_bytes(new))
+            write_sealed(shard, save_bytes(new))
             self.shards.append(shard)
             self.states.update(new)
         return [self.states[k] for k in keys]

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..integrity import check_dir, load_or_none, seal_dir
 from ..io_utils import replace_dir, sha256_text
 
 
@@ -47,9 +48,9 @@ class BM25Retriever:
                       index_root: str | Path, log=print) -> "BM25Retriever":
         key = cls.index_key(ids, texts, settings)
         path = Path(index_root) / f"bm25-{key}"
-        if (path / "ids.json").exists():
+        if (loaded := load_or_none(path, cls.load, "BM25 index", log)) is not None:
             log(f"BM25: loading index {path.name}")
-            return cls.load(path)
+            return loaded
         log(f"BM25: indexing {len(ids)} passages")
         retriever = cls.build(ids, texts, settings)
         retriever.save(path)
@@ -63,7 +64,8 @@ class BM25Retriever:
             self.model.save(str(tmp), show_progress=False)
             self.tokenizer.save_vocab(str(tmp))
             (tmp / "settings.json").write_text(json.dumps(self.settings, sort_keys=True))
-            (tmp / "ids.json").write_text(json.dumps(self.ids))  # written last: marks completeness
+            (tmp / "ids.json").write_text(json.dumps(self.ids))
+            seal_dir(tmp)  # the manifest, written last, marks completeness
             replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +76,7 @@ class BM25Retriever:
         import bm25s
 
         path = Path(path)
+        check_dir(path)
         settings = json.loads((path / "settings.json").read_text())
         tokenizer = cls._tokenizer(settings)
         tokenizer.load_vocab(str(path))

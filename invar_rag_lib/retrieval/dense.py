@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io_utils import atomic_write_bytes, sha256_file, sha256_text
+from ..integrity import load_or_none, read_sealed, write_sealed
+from ..io_utils import sha256_file, sha256_text
 
 
 def minilm_path() -> Path:
@@ -64,10 +65,17 @@ class EmbeddingCache:
         self.path = Path(root) / f"{fingerprint}.npz"
         self.index: dict[str, int] = {}
         self.matrix = None
-        if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as z:
-                keys, self.matrix = list(z["keys"]), z["emb"]
+        loaded = load_or_none(self.path, self._load, "embeddings")
+        if loaded is not None:
+            keys, self.matrix = loaded
             self.index = {k: i for i, k in enumerate(keys)}
+
+    @staticmethod
+    def _load(path: Path):
+        import io
+
+        with np.load(io.BytesIO(read_sealed(path)), allow_pickle=False) as z:
+            return list(z["keys"]), z["emb"]
 
     @staticmethod
     def key(text: str) -> str:
@@ -94,7 +102,7 @@ class EmbeddingCache:
         keys = np.array(sorted(self.index, key=self.index.get))
         buf = io.BytesIO()
         np.savez(buf, keys=keys, emb=self.matrix)
-        atomic_write_bytes(self.path, buf.getvalue())
+        write_sealed(self.path, buf.getvalue())
 
 
 class DenseRetriever:

@@ -7,13 +7,13 @@ the model fingerprint, the exact prompt and the answer).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..io_utils import atomic_write_json, sha256_text
+from ..integrity import load_or_none, read_sealed_json, write_sealed_json
+from ..io_utils import sha256_text
 from .environments import Environment
 from .groups import Group
 
@@ -55,7 +55,7 @@ def compute_lsr(model, tokenizer, groups: Sequence[Group], envs: Sequence[Enviro
     answers = [g.target_answer for _ in envs for g in groups for _ in g.passage_ids]
     keys = [sha256_text(fingerprint, p, a)[:32] for p, a in zip(prompts, answers)]
     cache_path = Path(cache_path)
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = load_or_none(cache_path, read_sealed_json, "LSR", log) or {}
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k not in cache:
@@ -69,7 +69,7 @@ def compute_lsr(model, tokenizer, groups: Sequence[Group], envs: Sequence[Enviro
             scores = answer_logliks(model, tokenizer, [prompts[i] for i in todo],
                                     [answers[i] for i in todo], batch_size=batch_size)
         cache.update({keys[i]: float(s) for i, s in zip(todo, scores)})
-        atomic_write_json(cache_path, cache)
+        write_sealed_json(cache_path, cache)
     group_size = len(groups[0].passage_ids)
     values = torch.tensor([cache[k] for k in keys], dtype=torch.float32)
     return values.view(len(envs), len(groups), group_size)

@@ -14,7 +14,7 @@ import torch
 from ..config import Profile
 from ..data import Benchmark
 from ..llm.backbone import load_backbone
-from ..llm.encoder import (add_retriever_adapter, format_passage, format_query, split_point,
+from ..llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, format_passage, format_query, split_point,
                            tokenize, trunk_states)
 from ..llm.trunk_cache import TrunkCache, trunk_fingerprint
 from ..paths import cache_dir
@@ -22,7 +22,8 @@ from .environments import environments
 from .groups import Group
 from .lsr import compute_lsr
 from .rewrites import make_rewrites
-from .train import TopEncoder, TrainingData, lora_state
+from ..training import lora_state
+from .train import TopEncoder, TrainingData
 
 
 class RetrieverStage:
@@ -35,11 +36,11 @@ class RetrieverStage:
         self.model = add_retriever_adapter(base, rc.lora_layers, rc.lora_r, rc.lora_alpha,
                                            rc.lora_dropout, rc.lora_targets)
         self.model.eval()
-        self.initial_adapter = lora_state(self.model)  # every variant starts from this init
+        self.initial_adapter = lora_state(self.model, RETRIEVER_ADAPTER)  # every variant starts from this init
         self.fingerprint = trunk_fingerprint(self.model, self.split, extra=rc.backbone)
         self.model_fingerprint = trunk_fingerprint(
             self.model, self.model.get_base_model().config.num_hidden_layers, extra=rc.backbone + ":full")
-        self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint)
+        self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint, log=log)
         self.passages = {row["id"]: row for row in bench.corpus}
         self.envs = environments(profile)
         self.projection: torch.Tensor | None = None  # the ridge map into MiniLM's space, when in use
@@ -111,10 +112,11 @@ class RetrieverStage:
         """W = argmin ||X W − Y||² + λ||W||²: X = the frozen model's pooled h(x) (no adapter, no
         projection) of every training question and group passage, Y = MiniLM's embeddings of the
         same texts. Closed form in float64; cached on disk by model, texts, pooling and λ."""
-        from safetensors.torch import load_file, save
+        from safetensors.torch import load, save
 
         from ..baselines import CoarseRetrievers
-        from ..io_utils import atomic_write_bytes, sha256_text
+        from ..integrity import load_or_none, read_sealed, write_sealed
+        from ..io_utils import sha256_text
 
         rc, s1 = self.profile.retriever, self.profile.stage1
         questions = list(dict.fromkeys(g.question for g in groups))
@@ -122,8 +124,9 @@ class RetrieverStage:
         key = sha256_text(self.model_fingerprint, rc.pooling, str(rc.max_len), str(rc.query_max_len),
                           rc.query_template, rc.passage_template, str(s1.ridge_lambda), *questions, *pids)[:16]
         path = cache_dir() / "projection" / f"{key}.safetensors"
-        if path.exists():
-            return load_file(str(path))["W"]
+        cached = load_or_none(path, lambda p: load(read_sealed(p))["W"], "ridge projection", log)
+        if cached is not None:
+            return cached
         saved, self.projection = self.projection, None
         try:
             xq = self.query_reps([self.query_text(q) for q in questions], adapter=False)
@@ -137,7 +140,7 @@ class RetrieverStage:
         x, y = torch.cat([xq, xp]).double(), torch.cat([yq, yp]).double()
         w = torch.linalg.solve(x.T @ x + s1.ridge_lambda * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
         w = w.float().contiguous()
-        atomic_write_bytes(path, save({"W": w}))
+        write_sealed(path, save({"W": w}))
         log(f"ridge projection {tuple(w.shape)} fitted on {len(questions)} questions and {len(pids)} passages")
         return w
 

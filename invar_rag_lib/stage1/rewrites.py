@@ -8,12 +8,12 @@ would leak the answer or lose the question).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
 
-from ..io_utils import atomic_write_json, sha256_text
+from ..integrity import load_or_none, read_sealed_json, write_sealed_json
+from ..io_utils import sha256_text
 from ..metrics import has_answer, normalize_answer
 
 # One worked example each: a 135M model follows an example far better than an instruction alone.
@@ -80,7 +80,7 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
     `cache_path` (JSON keyed by instruction and question), so each is generated once.
     """
     cache_path = Path(cache_path)
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = load_or_none(cache_path, read_sealed_json, "rewrites", log) or {}
     out: dict[str, list[dict]] = {}
     for r in range(1, n_rewrites + 1):
         instruction = INSTRUCTIONS[(r - 1) % len(INSTRUCTIONS)]
@@ -98,7 +98,7 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
                 prompts = [rewrite_prompt(tokenizer, instruction, q) for q in todo]
                 done.update(zip(todo, generate_greedy(model, tokenizer, prompts, max_new_tokens=40,
                                                       batch_size=batch_size)))
-                atomic_write_json(cache_path, cache)
+                write_sealed_json(cache_path, cache)
             generated = done
         elif method != "rules":
             raise ValueError(f"unknown rewrite method {method!r}; use 'llm' or 'rules'")

@@ -13,11 +13,6 @@ continues from the latest one to the same result as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +22,10 @@ import torch
 
 from .. import losses
 from ..config import Profile
-from ..io_utils import atomic_write_json, jsonable, replace_dir
+from ..io_utils import jsonable
 from ..llm.encoder import RETRIEVER_ADAPTER, encode_hidden, pad_states
+from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
+                        load_adapter, load_checkpoint, save_checkpoint)
 from .environments import Environment
 
 
@@ -104,14 +101,6 @@ def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, tau_r: float) -> to
     return torch.einsum("bd,bgd->bg", q_reps, p_reps.view(q_reps.shape[0], -1, q_reps.shape[1])) / tau_r
 
 
-def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up to `max_lr`, then cosine decay to 10% of it at `total` steps."""
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return max_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _env_scores(encoder, data: TrainingData, idx: list[int], envs, tau_r: float, padding_side: str):
     """s_θ(q, d) over each query's own group in every environment of `envs`: [E, B, G]."""
     q_reps, p_reps = {}, {}
@@ -177,68 +166,6 @@ def env_batch(n: int, size: int, seed: int, micro_batch: int) -> list[int]:
     return order[j * size:(j + 1) * size]
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(n))
-    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
-    return order
-
-
-def lora_state(model, adapter_name: str = RETRIEVER_ADAPTER) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().clone().contiguous() for k, v in
-            get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
-
-
-def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list,
-                    adapter_name: str = RETRIEVER_ADAPTER) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1],
-                    "python": random.getstate()[1]}, tmp / "rng.pt")
-        atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def load_checkpoint(path: Path, model, optimizer, adapter_name: str = RETRIEVER_ADAPTER) -> tuple[int, list]:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")), adapter_name=adapter_name)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    state = json.loads((path / "state.json").read_text())
-    return state["step"], state["history"]
-
-
-def finished_checkpoint(out_dir: str | Path, config: dict) -> dict | None:
-    """The state of `out_dir`'s latest checkpoint if it finished training with exactly `config`
-    (objective, hyper-parameters, seed, data key); else None."""
-    state_file = Path(out_dir) / "checkpoint-latest" / "state.json"
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    done = state.get("config") == config and state.get("step") == config.get("total_steps")
-    return state if done else None
-
-
-def load_adapter(model, out_dir: str | Path, adapter_name: str) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    path = Path(out_dir) / "checkpoint-latest" / "adapter.safetensors"
-    set_peft_model_state_dict(model, load_file(str(path)), adapter_name=adapter_name)
-
-
 def train_retriever(model, split: int, data: TrainingData, objective: Objective, profile: Profile,
                     out_dir: str | Path, resume: bool = False, log=print, stop_after: int | None = None,
                     data_key: str = "", reuse: bool = False, env_data: TrainingData | None = None,
@@ -279,9 +206,11 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         log(f"reused the finished checkpoint in {out_dir} (same config and data)")
         return {"history": done["history"], "config": config, "reused": True}
     step, history = 0, []
-    latest = out_dir / "checkpoint-latest"
+    latest = checkpoint_path(out_dir)
+    clean_leftovers(out_dir, log)
     if resume and (latest / "state.json").exists():
-        step, history = load_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer)
+        step, history = load_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer,
+                                        RETRIEVER_ADAPTER, config)
         log(f"resumed from {latest.name} at step {step}")
     encoder.train()
     while step < total_steps:
@@ -312,7 +241,8 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         step += 1
         if step % s1.checkpoint_every == 0 or step == total_steps:
             if accelerator.is_main_process:
-                save_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer, step, config, history)
+                save_checkpoint(latest, accelerator.unwrap_model(encoder).model, optimizer, step, config, history,
+                                RETRIEVER_ADAPTER)
             accelerator.wait_for_everyone()
         if stop_after is not None and step >= stop_after:
             break

@@ -22,12 +22,14 @@ import torch
 from ..baselines import CoarseRetrievers, load_run
 from ..config import Profile
 from ..data import Benchmark
-from ..io_utils import atomic_write_json, sha256_text
+from ..integrity import load_or_none, read_sealed_json, write_sealed_json
+from ..io_utils import sha256_text
 from ..llm.trunk_cache import TrunkCache
 from ..metrics import bootstrap_ci, exact_match, f1, has_answer, paired_bootstrap_pvalue, substring_acc
 from ..paths import cache_dir, data_dir, runs_dir
 from ..stage1.experiment import data_key, prepare, train_variant
-from ..stage1.train import lora_state, variant_objectives
+from ..stage1.train import variant_objectives
+from ..training import lora_state
 from . import ROWS
 from .decode import DecodeStats, greedy_decode
 from .prompts import PassageWindows, Prompt, build_prompt, prefix_text, select_demonstrations, target_answer
@@ -71,8 +73,8 @@ class GenerationStage:
         name = self.profile.generator.retriever_variant
         path = runs_dir(self.profile.name) / f"{name}.json"
         key = self._run_key()
-        if path.exists():
-            saved = json.loads(path.read_text())
+        saved = load_or_none(path, read_sealed_json, f"{name} run", self.log)
+        if saved is not None:
             if saved.get("key") == key:
                 self.log(f"{name} run: reusing {path.name}")
                 return saved
@@ -101,7 +103,7 @@ class GenerationStage:
                  "training_reused": bool(record and record.get("reused")),
                  "mode": f"rerank of MiniLM's top {depth}",
                  "benchmark_build_key": self.bench.manifest["build_key"]}
-        atomic_write_json(path, saved)
+        write_sealed_json(path, saved)
         return saved
 
     def _run_key(self) -> str:
@@ -123,7 +125,7 @@ class GenerationStage:
 
     def train_generator(self, run: dict, reuse: bool = True) -> dict:
         add_generator_adapter(self.model, self.profile)
-        trunk = TrunkCache(cache_dir() / "trunk-generator", self.stage.fingerprint)
+        trunk = TrunkCache(cache_dir() / "trunk-generator", self.stage.fingerprint, log=self.log)
         data = GeneratorData(self.stage, self.training_examples(run), trunk)
         t0 = time.perf_counter()
         out = data_dir() / "checkpoints" / self.profile.name / "generator"
@@ -153,7 +155,7 @@ class GenerationStage:
         weights = "base" if adapter is None else _state_hash(lora_state(self.model, adapter))
         tag = sha256_text(self.stage.model_fingerprint, weights, str(g.max_new_tokens))[:16]
         path = cache_dir() / "generations" / f"{tag}.json"
-        cache = json.loads(path.read_text()) if path.exists() else {}
+        cache = load_or_none(path, read_sealed_json, "generations", self.log) or {}
         keys = [sha256_text(p.text)[:32] for p in prompts]
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -173,7 +175,7 @@ class GenerationStage:
             finally:
                 self.model.set_adapter("retriever")
             cache.update({keys[i]: o for i, o in zip(todo, outs)})
-            atomic_write_json(path, cache)
+            write_sealed_json(path, cache)
         return [cache[k] for k in keys]
 
     def evaluate_rows(self, run: dict, rows: Sequence[str] = ROWS) -> dict:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..config import Profile
 from ..io_utils import jsonable, sha256_text
 from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
-from ..stage1.train import (epoch_order, finished_checkpoint, get_lr, load_adapter, load_checkpoint,
-                            save_checkpoint)
+from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
+                        load_adapter, load_checkpoint, save_checkpoint)
 from .decode import prompt_ids
 from .prompts import Prompt
 
@@ -165,9 +165,11 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     data.states  # trunk states: read from the cache or computed once, before the first step
     trunk_s = time.perf_counter() - t0
     step, history = 0, []
-    latest = out_dir / "checkpoint-latest"
+    latest = checkpoint_path(out_dir)
+    clean_leftovers(out_dir, log)
     if resume and (latest / "state.json").exists():
-        step, history = load_checkpoint(latest, unwrapped, optimizer, GENERATOR_ADAPTER)
+        step, history = load_checkpoint(latest, unwrapped, optimizer, GENERATOR_ADAPTER, config)
+        log(f"resumed from {latest.name} at step {step}")
     top.train()
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -183,7 +185,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         optimizer.zero_grad()
         history.append({"step": step + 1, "lr": lr, "loss": float(loss.detach())})
         step += 1
-        if step % 20 == 0 or step == total_steps:
+        if (step % g.checkpoint_every == 0 or step == total_steps) and accelerator.is_main_process:
             save_checkpoint(latest, unwrapped, optimizer, step, config, history, GENERATOR_ADAPTER)
     top.eval()
     log(f"generator: {total_steps} steps, loss {np.mean([h['loss'] for h in history[:5]]):.3f} (first 5) "

@@ -1,0 +1,143 @@
+"""Content integrity of every stored artifact: one mechanism for files and for folders.
+
+- A **file** artifact (embeddings, trunk shards, rewrites, LSR, projection, generations) is written
+  with `write_sealed`: the bytes atomically, then a sidecar `<name>.sha256` with their digest.
+  `read_sealed` returns the bytes only if they hash to the recorded digest.
+- A **folder** artifact (BM25 index, converted model, built benchmark, checkpoints) gets a
+  `MANIFEST.sha256` listing the digest of every file in it, written last (`seal_dir`);
+  `check_dir` verifies every listed file and that none is missing.
+
+A missing digest counts as damage: the artifact was interrupted or written by a version that did
+not seal it, so it cannot be trusted. Callers decide what damage means: a cache is reported with
+its path and rebuilt (`load_or_none`), a checkpoint the user asked to reuse is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from .io_utils import atomic_write_bytes, atomic_write_text, sha256_file
+
+MANIFEST = "MANIFEST.sha256"
+T = TypeVar("T")
+
+
+class IntegrityError(Exception):
+    """An artifact whose content does not match its recorded digest, or that cannot be read."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+# Errors that readers raise on truncated or garbled content; treated as damage, like a bad digest.
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [IntegrityError, zipfile.BadZipFile, EOFError, json.JSONDecodeError,
+                                         UnicodeDecodeError, KeyError, ValueError]
+    try:
+        from safetensors import SafetensorError
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(errors)
+
+
+CORRUPT_ERRORS = _corrupt_errors()
+
+
+def digest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def write_sealed(path: str | Path, data: bytes) -> Path:
+    """Write `data` atomically, then its digest next to it (a crash in between leaves no digest,
+    which readers treat as damage)."""
+    path = Path(path)
+    digest_path(path).unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    atomic_write_text(digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    return path
+
+
+def write_sealed_json(path: str | Path, obj) -> Path:
+    return write_sealed(path, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def _recorded(digest_file: Path, owner: Path) -> str:
+    if not digest_file.exists():
+        raise IntegrityError(owner, f"no digest ({digest_file.name} is missing: an interrupted or unsealed write)")
+    text = digest_file.read_text().split()
+    if not text or len(text[0]) != 64:
+        raise IntegrityError(owner, f"unreadable digest file {digest_file.name}")
+    return text[0]
+
+
+def read_sealed(path: str | Path) -> bytes:
+    """The bytes of `path`, verified against its sidecar digest; `IntegrityError` otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise IntegrityError(path, "missing")
+    expected = _recorded(digest_path(path), path)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise IntegrityError(path, "content does not match its recorded sha256 (damaged or replaced)")
+    return data
+
+
+def read_sealed_json(path: str | Path):
+    try:
+        return json.loads(read_sealed(path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(path, f"not valid JSON ({e})") from e
+
+
+def remove_sealed(path: str | Path) -> None:
+    Path(path).unlink(missing_ok=True)
+    digest_path(path).unlink(missing_ok=True)
+
+
+def seal_dir(folder: str | Path) -> Path:
+    """Record the digest of every file under `folder` in its MANIFEST.sha256 (written last)."""
+    folder = Path(folder)
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}"
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    return atomic_write_text(folder / MANIFEST, "\n".join(lines) + "\n")
+
+
+def check_dir(folder: str | Path) -> None:
+    """Verify every file that `folder`'s manifest lists; `IntegrityError` names the first bad one."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        raise IntegrityError(folder, f"no {MANIFEST} (an interrupted or unsealed write)")
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, rel = line.split("  ", 1)
+        path = folder / rel
+        if not path.is_file():
+            raise IntegrityError(path, "listed in the manifest but missing")
+        if sha256_file(path) != expected:
+            raise IntegrityError(path, "content does not match its recorded sha256 (damaged or replaced)")
+
+
+def load_or_none(path: str | Path, load: Callable[[Path], T], what: str, log=print) -> T | None:
+    """`load(path)` for a cache; on damage, report it with the path, delete it and return None so
+    the caller rebuilds. A cache that does not exist yet is simply None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load(path)
+    except CORRUPT_ERRORS as e:
+        log(f"{what} cache {path} is damaged ({getattr(e, 'reason', None) or e}); deleted, rebuilding")
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            remove_sealed(path)
+        return None

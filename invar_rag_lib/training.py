@@ -1,0 +1,178 @@
+"""What both training loops (the `retriever` and the `generator` adapter) share: the lr schedule,
+the epoch order, the LoRA state, and checkpoint I/O with exact resume.
+
+A checkpoint is a folder `<run>/checkpoint-latest` holding the adapter weights (safetensors), the
+optimizer state (`torch.load(weights_only=True)`), every RNG state (python, numpy, torch CPU and
+each CUDA device: tensors in safetensors, the rest in JSON, nothing pickled), the step, the
+history and the config, sealed by a manifest of digests (`integrity.seal_dir`). Loading verifies
+the manifest first. Resuming compares the saved config with the current one and refuses, naming
+the fields that differ, so a run is never continued under another configuration.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .integrity import IntegrityError, check_dir, seal_dir
+from .io_utils import atomic_write_json, replace_dir
+
+CHECKPOINT = "checkpoint-latest"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: damaged, or saved under another configuration."""
+
+
+def checkpoint_path(out_dir: str | Path) -> Path:
+    """The one place a run's checkpoint lives."""
+    return Path(out_dir) / CHECKPOINT
+
+
+def get_lr(step: int, max_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `max_lr`, then cosine decay to 10% of it at `total` steps."""
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return max_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
+    return order
+
+
+def lora_state(model, adapter_name: str) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().contiguous() for k, v in
+            get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+
+
+# ----------------------------------------------------------------------------- RNG states
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, gauss = random.getstate()
+    plain = {"numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": {"version": version, "state": list(py_state), "gauss": gauss}}
+    return tensors, plain
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+    n = plain["numpy"]
+    np.random.set_state((n["kind"], tensors["numpy_keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = plain["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list,
+                    adapter_name: str) -> None:
+    """Write the whole checkpoint in a temp folder, seal it, then swap it in (never half-written)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        tensors, plain = _rng_state()
+        save_file(tensors, str(tmp / "rng.safetensors"))
+        atomic_write_json(tmp / "rng.json", plain)
+        atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
+        seal_dir(tmp)
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def config_diff(saved, current, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two JSON-like configs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(set(saved) | set(current)):
+            out += config_diff(saved.get(k, "<absent>"), current.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if saved == current else [f"{prefix[:-1]} ({saved!r} -> {current!r})"]
+
+
+def _verified_state(path: Path) -> dict:
+    try:
+        check_dir(path)
+        return json.loads((path / "state.json").read_text())
+    except (IntegrityError, json.JSONDecodeError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({getattr(e, 'reason', e)}); delete that folder "
+                              "and train again (without --resume)") from e
+
+
+def load_checkpoint(path: Path, model, optimizer, adapter_name: str, config: dict) -> tuple[int, list]:
+    """Restore a checkpoint saved under exactly `config`: adapter, optimizer, every RNG state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = _verified_state(path)
+    diff = config_diff(state.get("config"), config)
+    if diff:
+        raise CheckpointError(f"cannot resume from {path}: it was saved under another configuration "
+                              f"({'; '.join(diff[:6])}{' …' if len(diff) > 6 else ''}). Start fresh (run without "
+                              f"--resume) or restore the old settings")
+    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")), adapter_name=adapter_name)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    _set_rng_state(load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text()))
+    return state["step"], state["history"]
+
+
+def finished_checkpoint(out_dir: str | Path, config: dict) -> dict | None:
+    """The state of `out_dir`'s checkpoint if it finished training with exactly `config`
+    (objective, hyper-parameters, seed, data key) and is intact; None if there is none or it was
+    made under another config; `CheckpointError` if it is damaged (never reused, never silent)."""
+    path = checkpoint_path(out_dir)
+    if not (path / "state.json").exists():
+        return None
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except json.JSONDecodeError:
+        state = {}
+    if state.get("config") != config or state.get("step") != config.get("total_steps"):
+        return None
+    return _verified_state(path)
+
+
+def load_adapter(model, out_dir: str | Path, adapter_name: str) -> None:
+    """Load the adapter weights of a checkpoint that `finished_checkpoint` has verified."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint_path(out_dir) / "adapter.safetensors")),
+                              adapter_name=adapter_name)
+
+
+def clean_leftovers(folder: str | Path, log=print) -> int:
+    """Delete the temp folders of writes that a killed run left behind under `folder`."""
+    n = 0
+    for leftover in Path(folder).rglob(f".{CHECKPOINT}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+        n += 1
+    if n:
+        log(f"removed {n} unfinished checkpoint write(s) left by an interrupted run under {folder}")
+    return n
