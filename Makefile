@@ -7,6 +7,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 PROFILE ?= cpu
 
+# Nothing here may reach a network (the models and data are local).
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
 .PHONY: setup reproduce test unit nbval report clean-smoke
 
 setup: $(STAMP)

@@ -6,8 +6,13 @@ import json
 import sys
 
 from .config import ConfigError, available_profiles, load_profile
+from .integrity import CheckpointError, IntegrityError
 from .paths import SourcesNotFound
 from .sources import SourceFormatError
+
+# Errors that mean "the input or the state on disk needs the user's attention": one line, exit 2.
+USER_ERRORS = (ConfigError, SourcesNotFound, SourceFormatError, IntegrityError, CheckpointError, ValueError,
+               FileNotFoundError, PermissionError, RuntimeError)
 
 
 def _parse_param(text: str) -> tuple[str, object]:
@@ -22,6 +27,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invar-rag", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build the benchmark")
@@ -75,41 +81,58 @@ def _train_retriever(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "data":
-            from .data import prepare_benchmark
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue from the caches", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user; --debug shows the rest
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, USER_ERRORS):
+            print("(an unexpected error: rerun with --debug for the traceback, and please report it)",
+                  file=sys.stderr)
+        return 2 if isinstance(exc, USER_ERRORS) else 1
 
-            manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
-            print(json.dumps(manifest["counts"], indent=2))
-        elif args.command == "train-retriever":
-            _train_retriever(args)
-        elif args.command == "report":
-            import time
 
-            from .artifacts import report
-            from .reporting import Reports
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}"
 
-            t0 = time.perf_counter()
-            reports = Reports(load_profile(args.profile))
-            status = report(reports)
-            made = sum(s == "ok" for s in status.values())
-            print(f"{made} of {len(status)} tables and figures regenerated from "
-                  f"{reports.relative(reports.root / 'results')} in {time.perf_counter() - t0:.1f} s; "
-                  f"gallery: {reports.relative(reports.root / 'README.md')}")
-            if made < len(status):
-                return 1
-        elif args.command == "reproduce":
-            from .reproduce import NotebookFailed, run_notebooks
 
-            load_profile(args.profile)  # fail fast on an unknown profile
-            try:
-                timings = run_notebooks(args.profile, args.only, dict(args.parameter))
-            except NotebookFailed as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            print("wall time per notebook (s):", json.dumps(timings))
-    except (ConfigError, SourcesNotFound, SourceFormatError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _run(args) -> int:
+    if args.command == "data":
+        from .data import prepare_benchmark
+
+        manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
+        print(json.dumps(manifest["counts"], indent=2))
+    elif args.command == "train-retriever":
+        _train_retriever(args)
+    elif args.command == "report":
+        import time
+
+        from .artifacts import report
+        from .reporting import Reports
+
+        t0 = time.perf_counter()
+        reports = Reports(load_profile(args.profile))
+        status = report(reports)
+        made = sum(s == "ok" for s in status.values())
+        print(f"{made} of {len(status)} tables and figures regenerated from "
+              f"{reports.relative(reports.root / 'results')} in {time.perf_counter() - t0:.1f} s; "
+              f"gallery: {reports.relative(reports.root / 'README.md')}")
+        if made < len(status):
+            return 1
+    elif args.command == "reproduce":
+        from .reproduce import NotebookFailed, run_notebooks
+
+        load_profile(args.profile)  # fail fast on an unknown profile
+        try:
+            timings = run_notebooks(args.profile, args.only, dict(args.parameter))
+        except NotebookFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("wall time per notebook (s):", json.dumps(timings))
     return 0
 
 

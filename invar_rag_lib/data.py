@@ -113,7 +113,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
             log(f"benchmark for profile {profile.name!r} is up to date: {out}")
             return old
     log(f"building benchmark for profile {profile.name!r} from {source_dir}")
-    built = _build(profile, source_dir)
+    built = _build(profile, source_dir, log)
     _check_no_leakage(built)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -128,7 +128,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     return manifest
 
 
-def _build(profile: Profile, source_dir: Path) -> dict:
+def _build(profile: Profile, source_dir: Path, log=print) -> dict:
     cfg = profile.data
     path = {name: source_dir / rel for name, rel in SOURCE_FILES.items()}
     oracle = src.read_nq_oracle(path["nq_oracle"])
@@ -145,7 +145,13 @@ def _build(profile: Profile, source_dir: Path) -> dict:
     corpus = _CorpusBuilder()
     for ds in cfg.eval_datasets:
         records = samples[ds]
-        order = _seeded_order(len(records), cfg.selection_seed, ds)
+        unscorable = [r for r in records if not r["golden_answers"]]
+        if unscorable:
+            log(f"{ds}: left out {len(unscorable)} question(s) whose every answer normalises to the empty "
+                "string (they cannot be scored): " + ", ".join(f"{path[f'{ds}_sample'].name}:{r['line']}"
+                                                             for r in unscorable))
+        # The seeded order is over the whole file, so leaving a question out changes no other choice.
+        order = [i for i in _seeded_order(len(records), cfg.selection_seed, ds) if records[i]["golden_answers"]]
         pool = sorted(order[: cfg.corpus_pool_questions_per_dataset])
         chosen = set(order[: cfg.eval_questions_per_dataset])
         pool_ids |= {f"{ds}:{records[i]['source_id']}" for i in pool}

@@ -34,6 +34,10 @@ class IntegrityError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: damaged, or saved under another configuration."""
+
+
 # Errors that readers raise on truncated or garbled content; treated as damage, like a bad digest.
 def _corrupt_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [IntegrityError, zipfile.BadZipFile, EOFError, json.JSONDecodeError,

@@ -134,10 +134,11 @@ def normalize_answer(s: str) -> str:
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
-    """1.0 if the normalised prediction equals any normalised gold answer."""
+    """1.0 if the normalised prediction equals any normalised gold answer. A gold answer that
+    normalises to "" is ignored, so an empty prediction never scores."""
     _check_answers(answers)
     pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(a) for a in answers))
+    return float(bool(pred) and any(pred == normalize_answer(a) for a in answers))
 
 
 def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:

@@ -75,6 +75,8 @@ def find_sources(explicit: str | Path | None = None) -> Path:
                                       + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")))
         if explicit and d == Path(explicit):
             break  # an explicit --sources that is wrong must not silently fall through
+        if not explicit and os.environ.get(SOURCES_ENV) and d == Path(os.environ[SOURCES_ENV]):
+            break  # nor may a wrong $INVAR_RAG_SOURCES
     raise SourcesNotFound(
         "could not find the raw data sources. Looked in:\n" + "\n".join(looked)
         + f"\nPass --sources DIR, set ${SOURCES_ENV}, or place the files under data/sources/ "

@@ -74,7 +74,11 @@ class Reports:
         path = self.results_path(name)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it (git checkout) or rerun the "
+                             "notebook that writes it") from None
 
     def write_table(self, df, stem: str, caption: str = "") -> dict[str, Path]:
         base = self.root / "tables" / stem

@@ -6,6 +6,7 @@ as `NN_name.failed.ipynb`). Wall times are recorded in `<reports>/results/timing
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -43,17 +44,88 @@ def select_notebooks(only: Sequence[str] | None) -> list[Path]:
     return [by_number[n.zfill(2)] for n in sorted({n.zfill(2) for n in only})]
 
 
-def check_parameters(books: Sequence[Path], params: dict) -> None:
-    """Every parameter must be declared in the `parameters` cell of every notebook it goes to;
-    papermill itself would only warn and inject it anyway."""
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def check_parameters(books: Sequence[Path], params: dict, profile_name: str | None = None) -> None:
+    """Before anything runs: every parameter must be declared in the `parameters` cell of every
+    notebook it goes to (papermill itself would only warn and inject it anyway), its value must
+    have the declared default's type, and `-p profile=…` must not contradict `--profile`."""
     import papermill as pm
 
+    if profile_name is not None and params.get("profile", profile_name) != profile_name:
+        raise ValueError(f"-p profile={params['profile']!r} contradicts --profile {profile_name!r}; "
+                         "choose the profile with --profile only")
     for nb in books:
         declared = pm.inspect_notebook(str(nb))
         unknown = sorted(set(params) - set(declared))
         if unknown:
             raise ValueError(f"{nb.name}: unknown parameter(s) {unknown}; "
                              f"its parameters are {sorted(declared)}")
+        for name, value in params.items():
+            kind = declared[name].get("inferred_type_name")
+            if kind in (None, "None"):  # no annotation: the type of the default value
+                try:
+                    kind = type(ast.literal_eval(declared[name].get("default", "None"))).__name__
+                except (ValueError, SyntaxError):
+                    kind = None
+            ok = _TYPES.get(kind)
+            if ok and (not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok)):
+                raise ValueError(f"{nb.name}: parameter {name} must be {kind} (its default is "
+                                 f"{declared[name].get('default')}), got {value!r}; e.g. -p {name}="
+                                 f"{declared[name].get('default')}")
+
+
+class RunLock:
+    """One run per profile at a time: an exclusive `fcntl` lock on data/locks/<profile>.lock, which
+    holds the holder's pid. The OS drops the lock when its process dies, so a lock file left by a
+    killed run is stale and is simply taken over."""
+
+    def __init__(self, profile_name: str):
+        from .paths import data_dir
+
+        self.path = data_dir() / "locks" / f"{Path(profile_name).stem}.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "unknown"
+            self.f.close()
+            raise RuntimeError(f"another run of this profile is in progress (pid {holder}, lock {self.path}); "
+                               "wait for it to finish or stop it") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"{os.getpid()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # releases the lock
+
+
+def clean_leftovers(out_dir: Path, books: Sequence[Path], log=print) -> None:
+    """Remove what an interrupted run left: temp notebooks, and failed copies of the notebooks
+    about to run (a new attempt supersedes them)."""
+    stale = list(out_dir.glob(".running.*.ipynb")) + [out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
+                                                      for nb in books]
+    removed = [p for p in stale if p.exists()]
+    for p in removed:
+        p.unlink()
+    if removed:
+        log(f"removed {len(removed)} leftover(s) of an earlier run: {', '.join(p.name for p in removed)}")
+
+
+def _eta(previous: dict, books: Sequence[Path]) -> str:
+    known = [previous.get(nb.stem, {}).get("wall_s") for nb in books]
+    if not all(known):
+        return ""
+    return f"about {sum(known) / 60:.0f} min in all, from the last recorded run"
 
 
 def _failing_code_cell(executed: Path) -> tuple[int, str]:
@@ -94,26 +166,47 @@ def ensure_kernel() -> str:
 
 def run_notebooks(profile_name: str, only: Sequence[str] | None = None,
                   parameters: dict | None = None, log=print) -> dict:
+    with RunLock(profile_name):
+        return _run_notebooks(profile_name, only, parameters, log)
+
+
+def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: dict | None, log) -> dict:
     import papermill as pm
 
     profile = load_profile(profile_name)
     books = select_notebooks(only)
     out_dir = reports_dir(profile.reports_dir) / "executed"
-    out_dir.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile_name, **(parameters or {})}
-    check_parameters(books, params)
+    check_parameters(books, params, profile_name)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write the executed notebooks to {out_dir} ({e.strerror}); make it writable "
+                              "or set reports_dir in a copy of the profile") from None
+    clean_leftovers(out_dir, books, log)
     kernel = ensure_kernel()
+    path = reports_dir(profile.reports_dir) / "results" / "timings.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if eta := _eta(previous, books):
+        log(f"{len(books)} notebook(s), {eta}")
     env_backup = os.environ.get("PYTHONHASHSEED")
     os.environ["PYTHONHASHSEED"] = "0"
     timings = {}
+    t_all = time.perf_counter()
     try:
-        for nb in books:
+        for i, nb in enumerate(books, start=1):
             tmp = out_dir / f".running.{nb.name}"
-            log(f"running {nb.name} (profile {profile_name}) ...")
+            last = previous.get(nb.stem, {}).get("wall_s")
+            log(f"[{i}/{len(books)}] running {nb.name} (profile {profile_name})"
+                + (f", last time {last / 60:.1f} min" if last else "") + " ...")
             t0 = time.perf_counter()
             try:
+                # A per-cell progress bar where a person watches a terminal; none in CI logs.
                 pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
-                                    cwd=str(nb.parent), progress_bar=False, log_output=False)
+                                    cwd=str(nb.parent), progress_bar=sys.stderr.isatty(), log_output=False)
             except pm.PapermillExecutionError as exc:
                 failed = out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                 os.replace(tmp, failed)
@@ -128,14 +221,12 @@ def run_notebooks(profile_name: str, only: Sequence[str] | None = None,
                 raise
             os.replace(tmp, out_dir / nb.name)
             timings[nb.stem] = round(time.perf_counter() - t0, 1)
-            log(f"  done in {timings[nb.stem]:.0f} s")
+            log(f"  done in {timings[nb.stem]:.0f} s ({(time.perf_counter() - t_all) / 60:.1f} min so far)")
     finally:
         if env_backup is None:
             os.environ.pop("PYTHONHASHSEED", None)
         else:
             os.environ["PYTHONHASHSEED"] = env_backup
-    path = reports_dir(profile.reports_dir) / "results" / "timings.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
     previous.update({k: {"wall_s": v, "cores": os.cpu_count()} for k, v in timings.items()})
     atomic_write_json(path, previous)
     return timings

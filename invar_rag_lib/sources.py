@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +22,39 @@ class SourceFormatError(ValueError):
     """A record in a raw file that cannot be used; the message names file and line."""
 
 
-def _open_text(path: Path):
-    path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+class _Lines:
+    """A text file's lines; a truncated or garbled file (gzip or UTF-8) raises `SourceFormatError`
+    naming the file and the line where reading stopped, instead of a bare EOFError."""
+
+    def __init__(self, path: Path):
+        self.path, self.lineno = Path(path), 0
+        if self.path.suffix == ".gz":
+            self.f = io.TextIOWrapper(gzip.open(self.path, "rb"), encoding="utf-8", newline="")
+        else:
+            self.f = open(self.path, encoding="utf-8", newline="")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __iter__(self):
+        while True:
+            try:
+                line = self.f.readline()
+            except (EOFError, OSError, UnicodeDecodeError, zlib.error) as exc:
+                raise SourceFormatError(
+                    f"{self.path}:{self.lineno + 1}: the file is truncated or damaged ({type(exc).__name__}: "
+                    f"{exc}); download it again (see SOURCES.md)") from None
+            if not line:
+                return
+            self.lineno += 1
+            yield line
+
+
+def _open_text(path: Path) -> _Lines:
+    return _Lines(path)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -59,29 +88,41 @@ def undo_csv_quoting(text: str) -> str:
     return text
 
 
-def _check_answers(answers, path, lineno, key) -> list[str]:
+def _check_answers(answers, path, lineno, key, scorable: bool = False) -> list[str]:
+    """The non-blank gold answers; a question with none is an error. With `scorable` (evaluation
+    samples) an alias that SQuAD-normalises to "" (such as "---" or ")") is dropped as well, since
+    an empty prediction would match it; a question left with no alias gets an empty list, and the
+    benchmark build leaves it out and names it (`data._build`)."""
+    from .metrics import normalize_answer
+
     if isinstance(answers, str):
         answers = [answers]
-    if not isinstance(answers, list) or not [a for a in answers if isinstance(a, str) and a.strip()]:
+    good = [a for a in answers if isinstance(a, str) and a.strip()] if isinstance(answers, list) else []
+    if not good:
         raise SourceFormatError(
             f"{path}:{lineno}: question without answers (key {key!r} is {answers!r}); "
             "every evaluation and training question needs at least one gold answer"
         )
-    return [a for a in answers if isinstance(a, str) and a.strip()]
+    return [a for a in good if normalize_answer(a)] if scorable else good
+
+
+def _require(record: dict, keys, path, lineno) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise SourceFormatError(f"{path}:{lineno}: missing key(s) {missing} (the record has {sorted(record)}); "
+                                "fix or remove that line")
 
 
 def read_flashrag_sample(path: str | Path) -> list[dict]:
     """FlashRAG-format QA records: {id, question, golden_answers[, metadata]}."""
     out = []
     for lineno, r in iter_jsonl(path):
-        for key in ("id", "question", "golden_answers"):
-            if key not in r:
-                raise SourceFormatError(f"{path}:{lineno}: missing key {key!r} (have {sorted(r)})")
+        _require(r, ("id", "question", "golden_answers"), path, lineno)
         out.append({
             "source_id": str(r["id"]),
             "question": undo_csv_quoting(str(r["question"]).strip()),
-            "golden_answers": _check_answers(r["golden_answers"], path, lineno, "golden_answers"),
-            "metadata": r.get("metadata") or {},
+            "golden_answers": _check_answers(r["golden_answers"], path, lineno, "golden_answers", scorable=True),
+            "metadata": r.get("metadata") or {}, "line": lineno,
         })
     return out
 
@@ -108,6 +149,7 @@ def read_nq_oracle(path: str | Path) -> list[dict]:
     """lost-in-the-middle NQ oracle: each question with its one gold passage."""
     out = []
     for lineno, r in iter_jsonl(path):
+        _require(r, ("question", "answers", "ctxs"), path, lineno)
         ctxs = r.get("ctxs") or []
         gold = [c for c in ctxs if c.get("isgold")]
         if not gold:
@@ -163,7 +205,7 @@ def read_wikiqa_train(path: str | Path) -> list[dict]:
 def read_wiki_summaries(path: str | Path) -> list[dict]:
     with _open_text(Path(path)) as f:
         try:
-            data = json.load(f)
+            data = json.loads("".join(f))
         except json.JSONDecodeError as exc:
             raise SourceFormatError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     return [{"title": v.get("title", k), "text": v["extract"]} for k, v in data.items()

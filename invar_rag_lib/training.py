@@ -20,14 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .integrity import IntegrityError, check_dir, seal_dir
+from .integrity import CheckpointError, IntegrityError, check_dir, seal_dir
 from .io_utils import atomic_write_json, replace_dir
 
 CHECKPOINT = "checkpoint-latest"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used: damaged, or saved under another configuration."""
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -120,7 +116,7 @@ def _verified_state(path: Path) -> dict:
         check_dir(path)
         return json.loads((path / "state.json").read_text())
     except (IntegrityError, json.JSONDecodeError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged ({getattr(e, 'reason', e)}); delete that folder "
+        raise CheckpointError(f"checkpoint {path} is damaged ({e}); delete that folder "
                               "and train again (without --resume)") from e
 
 

@@ -5,7 +5,14 @@ repository's data/ or reports/: every test gets $INVAR_RAG_HOME pointed at a tem
 """
 from __future__ import annotations
 
-import csv
+import os
+
+# Offline by construction: set before anything imports huggingface_hub, transformers or datasets,
+# so `make test` cannot reach a network even outside CI. Subprocesses inherit them.
+OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(OFFLINE_VARS)
+
+import csv  # noqa: E402
 import gzip
 import io
 import json

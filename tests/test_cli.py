@@ -75,9 +75,13 @@ def test_missing_sources_lists_where_it_looked(capsys, tmp_path, isolated_home, 
     assert main(["data", "prepare", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert "could not find the raw data sources" in err
-    for d in (env_dir, isolated_home / "data" / "sources", isolated_home.parent / "shared" / "data-sources"):
-        assert f"  {d}: does not exist" in err
+    assert f"  {env_dir}: does not exist" in err  # a wrong $INVAR_RAG_SOURCES does not fall through
     assert not (isolated_home / "data" / "processed").exists()
+    monkeypatch.delenv("INVAR_RAG_SOURCES")
+    assert main(["data", "prepare", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    for d in (isolated_home / "data" / "sources", isolated_home.parent / "shared" / "data-sources"):
+        assert f"  {d}: does not exist" in err
 
 
 def test_missing_explicit_sources(capsys, tmp_path):

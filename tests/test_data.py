@@ -341,8 +341,8 @@ def test_leakage_check_raises_naming_the_question():
 def test_prepare_runs_the_leakage_check(tiny_profile, tiny_sources, tmp_path, monkeypatch):
     real_build = data_mod._build
 
-    def leaky_build(profile, source_dir):
-        built = real_build(profile, source_dir)
+    def leaky_build(profile, source_dir, log=print):
+        built = real_build(profile, source_dir, log)
         built["train"]["wikiqa"].append({"question": "Who painted the Mona Lisa?"})
         return built
 

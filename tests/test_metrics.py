@@ -294,3 +294,10 @@ def test_statistics_errors(call):
 def test_length_mismatch_message_names_both_lengths():
     with pytest.raises(ValueError, match=r"len\(a\)=2.*len\(b\)=3"):
         paired_bootstrap_pvalue([1.0, 0.0], [1.0, 0.0, 1.0])
+
+
+def test_empty_prediction_never_matches_an_answer_that_normalises_to_empty():
+    from invar_rag_lib.metrics import exact_match
+
+    assert exact_match("", ["---"]) == 0.0 and exact_match("the", [")", "The"]) == 0.0
+    assert exact_match("Paris", ["---", "paris"]) == 1.0

@@ -69,7 +69,7 @@ def test_question_without_answers_names_the_line(tmp_path, answers):
 def test_flashrag_missing_key_names_the_line(tmp_path):
     path = tmp_path / "nq.jsonl"
     path.write_text(_lines({"id": "1", "question": "q?"}))
-    with pytest.raises(SourceFormatError, match=rf"{path}:1: missing key 'golden_answers'"):
+    with pytest.raises(SourceFormatError, match=rf"{path}:1: missing key\(s\) \['golden_answers'\]"):
         read_flashrag_sample(path)
 
 
@@ -81,7 +81,7 @@ def test_flashrag_sample_fields(tmp_path):
          "metadata": {"prop": "author"}},
     ))
     a, b = read_flashrag_sample(path)
-    assert a == {"source_id": "7", "question": "Where is Rome?", "golden_answers": ["Italy"], "metadata": {}}
+    assert a == {"source_id": "7", "question": "Where is Rome?", "golden_answers": ["Italy"], "metadata": {}, "line": 1}
     assert b["question"] == TQA_UNQUOTED_QUESTION
     assert b["golden_answers"] == ["Mark Twain"]
     assert b["metadata"] == {"prop": "author"}
@@ -288,11 +288,16 @@ def test_find_sources_nothing_found_lists_every_directory(tmp_path, isolated_hom
     monkeypatch.setenv("INVAR_RAG_SOURCES", str(env_dir))
     with pytest.raises(SourcesNotFound) as info:
         find_sources()
+    msg = str(info.value)  # a wrong $INVAR_RAG_SOURCES is an error, like a wrong --sources
+    assert f"{env_dir}: missing {SOURCE_FILES['triviaqa_sample']} (+6 more)" in msg
+    assert str(isolated_home / "data" / "sources") not in msg
+    monkeypatch.delenv("INVAR_RAG_SOURCES")
+    with pytest.raises(SourcesNotFound) as info:
+        find_sources()
     msg = str(info.value)
-    for d in (env_dir, isolated_home / "data" / "sources", isolated_home.parent / "shared" / "data-sources"):
+    for d in (isolated_home / "data" / "sources", isolated_home.parent / "shared" / "data-sources"):
         assert str(d) in msg
     assert f"{isolated_home / 'data' / 'sources'}: does not exist" in msg
-    assert f"{env_dir}: missing {SOURCE_FILES['triviaqa_sample']} (+6 more)" in msg
     assert "--sources" in msg and "INVAR_RAG_SOURCES" in msg
 
 
@@ -309,3 +314,32 @@ def test_find_sources_bad_explicit_dir_does_not_fall_through(tmp_path, isolated_
     (partial / SOURCE_FILES["wiki_summaries"]).unlink()
     with pytest.raises(SourcesNotFound, match="missing ovos_wiki_offline/summaries_en-us.json.gz"):
         find_sources(partial)
+
+
+# ----------------------------------------------------------------------------- damaged files
+def test_alias_that_normalises_to_empty_is_dropped_from_an_eval_sample(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "1", "question": "q?", "golden_answers": ["---", "Paris"]}) + "\n"
+                    + json.dumps({"id": "2", "question": "r?", "golden_answers": [")"]}) + "\n")
+    first, second = read_flashrag_sample(path)
+    assert first["golden_answers"] == ["Paris"]  # an empty prediction can no longer match "---"
+    assert second["golden_answers"] == [] and second["line"] == 2  # the build leaves it out, by name
+
+
+def test_truncated_gzip_names_file_and_line(tmp_path):
+    import gzip
+
+    path = tmp_path / "s.jsonl.gz"
+    rows = "".join(json.dumps({"id": str(i), "question": f"q{i}?", "golden_answers": ["a"]}) + "\n"
+                   for i in range(2000))
+    data = gzip.compress(rows.encode())
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceFormatError, match=rf"{path}:\d+: the file is truncated or damaged"):
+        read_flashrag_sample(path)
+
+
+def test_oracle_line_without_question_names_file_and_line(tmp_path):
+    path = tmp_path / "o.jsonl"
+    path.write_text(json.dumps({"answers": ["x"], "ctxs": [{"isgold": True, "title": "t", "text": "x"}]}) + "\n")
+    with pytest.raises(SourceFormatError, match=rf"{path}:1: missing key\(s\) \['question'\]"):
+        read_nq_oracle(path)
