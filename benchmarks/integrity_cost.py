@@ -34,7 +34,8 @@ def main() -> None:
     rows, total_s, total_mb = [], 0.0, 0.0
     for kind, pattern in {**FILES, **FOLDERS}.items():
         paths = sorted(root.glob(pattern.format(profile=profile.name)))
-        paths = [p for p in paths if (p.is_dir() and (p / MANIFEST).exists()) or p.is_file()]
+        paths = [p for p in paths if not p.name.startswith(".") and ((p.is_dir() and (p / MANIFEST).exists())
+                                                                  or (p.is_file() and not p.name.endswith(".sha256")))]
         t0, mb, bad = time.perf_counter(), 0.0, 0
         for p in paths:
             try:
