@@ -27,7 +27,7 @@ from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
 from invar_rag_lib.llm.backbone import load_backbone
 from invar_rag_lib.paths import reports_dir
-from invar_rag_lib.stage2.decode import DecodeStats, greedy_decode
+from invar_rag_lib.llm.decode import DecodeStats, greedy_decode
 from invar_rag_lib.stage2.prompts import PassageWindows, build_prompt, prefix_text, select_demonstrations
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.integrity import MANIFEST, IntegrityError, check_dir, read_sealed

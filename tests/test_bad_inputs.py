@@ -2,7 +2,6 @@
 gets one clear line naming the file, field or path. One test per case of the reliability issue."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from invar_rag_lib import reproduce
 from invar_rag_lib.cli import main
 from invar_rag_lib.config import ConfigError, load_profile
 from invar_rag_lib.integrity import (CheckpointError, IntegrityError, load_or_none, read_sealed,
-                                     read_sealed_json, seal_dir, write_sealed, write_sealed_json)
+                                     read_sealed_json, seal_dir, write_sealed_json)
 
 from test_cli import no_execution, write_notebook  # noqa: F401 - a fixture
 

@@ -1,9 +1,9 @@
-"""Answer log-likelihoods (LSR) and greedy generation on the tiny random Llama."""
+"""Answer log-likelihoods (LSR) on the tiny random Llama."""
 import pytest
 import torch
 
 from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
-from invar_rag_lib.llm.scoring import answer_logliks, generate_greedy
+from invar_rag_lib.llm.scoring import answer_logliks
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,3 @@ def test_answer_logliks_rejects_mismatched_lengths(lm):
     model, tok = lm
     with pytest.raises(ValueError, match="2 prompts but 1 answers"):
         answer_logliks(model, tok, ["a", "b"], ["c"])
-
-
-def test_generate_greedy_is_deterministic_and_batch_independent(lm):
-    model, tok = lm
-    prompts = ["Rewrite: who wrote the iliad\nRewritten:", "Rewrite: capital of france\nRewritten:"]
-    a = generate_greedy(model, tok, prompts, max_new_tokens=6, batch_size=2)
-    b = [generate_greedy(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
-    assert a == b
-    assert all(isinstance(x, str) and "\n" not in x for x in a)
-    assert tok.padding_side == "right"  # restored

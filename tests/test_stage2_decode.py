@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
-from invar_rag_lib.stage2.decode import DecodeStats, greedy_decode, prompt_ids, stop_token_ids
-from invar_rag_lib.stage2.prompts import Prompt
+from invar_rag_lib.llm.decode import DecodeStats, Prompt, greedy_decode, prompt_ids, stop_token_ids
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.encoder import add_retriever_adapter, split_point
 from invar_rag_lib.llm.trunk_cache import TrunkCache
 from invar_rag_lib.training import lora_state
-from invar_rag_lib.stage2.prompts import Prompt
+from invar_rag_lib.llm.decode import Prompt
 from invar_rag_lib.stage2.train import (GENERATOR_ADAPTER, Example, GeneratorData, GeneratorTop,
                                         add_generator_adapter, sequence_ids, train_generator)
 

@@ -1,6 +1,7 @@
-"""Two uses of the causal LM itself: answer log-likelihoods (LSR scores) and greedy generation.
+"""Answer log-likelihoods under the causal LM (the LSR scores of METHOD.md §1).
 
-Both batch by length (fewer pad tokens on 2 cores) and return results in input order.
+Batched by length (fewer pad tokens on 2 cores); results in input order. Generation lives in
+`llm/decode.py`, the one greedy decoder.
 """
 from __future__ import annotations
 
@@ -61,25 +62,3 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
         counts = torch.zeros(len(idx)).index_add_(0, rows, torch.ones_like(token_logp))
         out[idx] = sums / counts
     return out
-
-
-@torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16,
-                    batch_size: int = 8) -> list[str]:
-    """Greedy continuations, left-padded batches, cut at the first newline."""
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    results: list[str] = [""] * len(prompts)
-    try:
-        lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-        for idx in _length_batches(lengths, batch_size):
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                                 stop_strings=["\n"], tokenizer=tokenizer)
-            for row, i in enumerate(idx):
-                text = tokenizer.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                results[i] = text.split("\n")[0].strip()
-    finally:
-        tokenizer.padding_side = old_side
-    return results

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..integrity import load_or_none, read_sealed_json, write_sealed_json
 from ..io_utils import sha256_text
+from ..llm.decode import Prompt
 from ..metrics import has_answer, normalize_answer
 
 # One worked example each: a 135M model follows an example far better than an instruction alone.
@@ -25,6 +26,8 @@ INSTRUCTIONS = (
     "Paraphrase the question in plain, simple words. Do not answer it.\n"
     "Example: 'what is the capital of peru' -> 'which city is the capital of peru'",
 )
+MAX_NEW_TOKENS = 40  # a rewrite is one question; the decoder stops at the first newline
+DECODER = "llm.decode.greedy_decode"  # part of the cache key: another decoder may word a rewrite differently
 _STOP = {"the", "a", "an", "of", "in", "on", "is", "was", "what", "who", "which", "when", "where",
          "how", "did", "does", "do", "to", "for", "and", "by", "with", "that", "this", "are", "were"}
 
@@ -64,12 +67,21 @@ def valid_rewrite(rewrite: str, question: str, answers: Sequence[str]) -> bool:
             and kept >= 1 / 3 and not has_answer(rewrite, answers))
 
 
-def rewrite_prompt(tokenizer, instruction: str, question: str) -> str:
-    content = f"{instruction}\nQuestion: '{question}'"
+_SLOT = "\x00QUESTION\x00"
+
+
+def rewrite_prompt(tokenizer, instruction: str, question: str) -> Prompt:
+    """The chat prompt asking for a rewrite, split after the instruction: every question shares
+    the prefix (chat header + instruction), so the decoder computes its key/value cache once."""
+    content = f"{instruction}\nQuestion: '{_SLOT}'"
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
-    return f"{content}\nRewritten question:"
+    else:
+        text = f"{content}\nRewritten question:"
+    head, tail = text.split(_SLOT)
+    cut = head.rindex("\n") + 1  # at a line start, where the tokenizer splits anyway
+    return Prompt(head[:cut], head[cut:] + question + tail)
 
 
 def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_path: str | Path,
@@ -88,16 +100,16 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
         if method == "llm":
             if model is None or tokenizer is None:
                 raise ValueError("rewrite_method 'llm' needs the model and tokenizer")
-            from ..llm.scoring import generate_greedy
+            from ..llm.decode import greedy_decode
 
-            key = sha256_text(instruction)[:12]
+            key = sha256_text(instruction, DECODER, str(MAX_NEW_TOKENS))[:12]
             done = cache.setdefault(key, {})
             todo = list(dict.fromkeys(it["question"] for it in items if it["question"] not in done))
             if todo:
                 log(f"generating rewrite {r} for {len(todo)} questions ({len(items) - len(todo)} cached)")
                 prompts = [rewrite_prompt(tokenizer, instruction, q) for q in todo]
-                done.update(zip(todo, generate_greedy(model, tokenizer, prompts, max_new_tokens=40,
-                                                      batch_size=batch_size)))
+                done.update(zip(todo, greedy_decode(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size,
+                                                    share_prefix=True)))
                 write_sealed_json(cache_path, cache)
             generated = done
         elif method != "rules":

@@ -31,8 +31,8 @@ from ..stage1.experiment import data_key, prepare, train_variant
 from ..stage1.train import variant_objectives
 from ..training import lora_state
 from . import ROWS
-from .decode import DecodeStats, greedy_decode
-from .prompts import PassageWindows, Prompt, build_prompt, prefix_text, select_demonstrations, target_answer
+from ..llm.decode import DecodeStats, Prompt, greedy_decode
+from .prompts import PassageWindows, build_prompt, prefix_text, select_demonstrations, target_answer
 from .train import GENERATOR_ADAPTER, Example, GeneratorData, add_generator_adapter, train_generator
 
 METRICS = ("em", "f1", "acc")

@@ -8,21 +8,13 @@ same tokens.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ..config import GeneratorConfig
 from ..data import Benchmark
+from ..llm.decode import Prompt
 
 
-@dataclass(frozen=True)
-class Prompt:
-    prefix: str
-    suffix: str
-
-    @property
-    def text(self) -> str:
-        return self.prefix + self.suffix
 
 
 def select_demonstrations(bench: Benchmark, cfg: GeneratorConfig, seed: int) -> list[dict]:

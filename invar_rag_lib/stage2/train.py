@@ -24,8 +24,7 @@ from ..io_utils import jsonable, sha256_text
 from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, save_checkpoint)
-from .decode import prompt_ids
-from .prompts import Prompt
+from ..llm.decode import Prompt, prompt_ids
 
 GENERATOR_ADAPTER = "generator"
 _SEP = "\x1f"  # joins prompt and answer into one trunk-cache key

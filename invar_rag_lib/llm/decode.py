@@ -1,6 +1,8 @@
-"""Batched greedy decoding with a shared-prefix key/value cache (METHOD.md §2).
+"""The one greedy decoder: batched, with an optional shared-prefix key/value cache (METHOD.md §2).
 
-Every evaluation prompt starts with the same instruction and demonstrations. Their keys and values
+Used for the generator's answers (stage 2) and for the query rewrites (stage 1). Every evaluation
+prompt starts with the same instruction and demonstrations (every rewrite prompt with the same
+instruction). Their keys and values
 are computed once (`prefix_cache`), copied for each batch, and only the per-question suffix
 (passages + question) is run through the model. Rows are left-padded *between* the prefix and the
 suffix; pads are masked out and position ids come from the attention mask, so each row computes
@@ -20,9 +22,19 @@ from typing import Sequence
 
 import torch
 
-from .prompts import Prompt
-
 _STOP_IDS: dict[int, frozenset[int]] = {}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt in two parts: a `prefix` shared by a whole batch of prompts, and its own `suffix`."""
+    prefix: str
+    suffix: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.suffix
+
 
 
 def stop_token_ids(tokenizer) -> frozenset[int]:
