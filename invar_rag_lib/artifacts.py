@@ -93,6 +93,7 @@ def _lsr_table(r: dict) -> pd.DataFrame:
 
 
 A = Artifact
+DAGGER = "† = differs from the {} row (paired bootstrap, p < 0.05)"
 ARTIFACTS: tuple[Artifact, ...] = (
     A("00_benchmark_counts", "table", ("00_data/benchmark",), tables.benchmark_counts_table,
       "Evaluation and training questions per split, and how many evaluation questions have an answer in some corpus passage (the ceiling of acc@k).",
@@ -104,11 +105,13 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("01_retrieval_baselines", "table", ("01_baselines/retrieval",),
       lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="bm25"),
       "BM25 and MiniLM over the whole corpus: the paper's Acc@5 / Acc@20 with 95% intervals († = differs from BM25, p < 0.05).",
-      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search"),
+      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search; "
+                f"{DAGGER.format('bm25')}"),
     A("01_retrieval_baselines_all_k", "table", ("01_baselines/retrieval",),
       lambda r: tables.retrieval_table(r, ks=_ks(r), significance_vs="bm25"),
       "The same baselines at every k.",
-      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search"),
+      lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search; "
+                f"{DAGGER.format('bm25')}"),
     A("01-acc-at-k", "figure", ("01_baselines/retrieval",), figures.acc_at_k_curves,
       "acc@k against k for BM25 and MiniLM, with bootstrap bands and the answer-coverage ceiling."),
     A("02_alignment_kl", "table", ("02_alignment/alignment",), _kl_table,
@@ -127,7 +130,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("04_retrieval_variants", "table", ("04_retriever/retrieval",),
       lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
       "Every retriever variant of METHOD.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
-      lambda r: f"Retriever variants, acc@k (%) with 95% CI, {_profile(r)} profile, {r['mode']}"),
+      lambda r: f"Retriever variants, acc@k (%) with 95% CI, {_profile(r)} profile, {r['mode']}; "
+                f"{DAGGER.format('minilm')}"),
     A("04_pvalues_vs_llm_ctr", "table", ("04_retriever/retrieval",), _p_vs_ctr,
       "Paired bootstrap p-values of every retriever against llm-ctr (does the invariance objective add anything?).",
       lambda r: "Paired bootstrap p-values against llm-ctr"),
@@ -150,7 +154,11 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "The generator's cross-entropy on answer tokens per step."),
     A("06_generation", "table", ("06_generation/generation",), study_tables.generation_table,
       "The main end-to-end table: EM, F1 and PopQA-style acc per row and dataset, with 95% intervals († = differs from minilm-rag, p < 0.05).",
-      lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot, {_profile(r)} profile, retrieval {r['retriever_mode']}"),
+      lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot, {_profile(r)} profile, "
+                f"retrieval {r['retriever_mode']}; {DAGGER.format('minilm-rag')}"),
+    A("06_answer_in_context", "table", ("06_generation/generation",), study_tables.context_table,
+      "How often the generator could have read an answer: top-k whole passages against the windows it is shown (title + first passage_tokens tokens).",
+      lambda r: f"Answer in the top-{r['k']} passages (%), whole passages and the shown windows, {_profile(r)} profile"),
     A("06_generation_pvalues", "table", ("06_generation/generation",), study_tables.generation_pvalues,
       "Paired bootstrap p-values of every row against minilm-rag, and of invar-rag against invar-retrieval (the generator adapter's own effect).",
       lambda r: "Paired bootstrap p-values (two-sided) of EM, F1 and acc"),
@@ -158,10 +166,10 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "Greedy decoding throughput per row with the shared-prefix cache (answers cached on disk are not re-timed).",
       lambda r: f"Decoding throughput ({_profile(r)} profile)"),
     A("06-generation", "figure", ("06_generation/generation",), study_figures.generation_bars,
-      "EM, acc and the share of prompts whose passages contain an answer, per row and dataset."),
+      "EM, acc and the share of prompts whose shown passage windows contain an answer, per row and dataset."),
     A("07_ablations", "table", ("07_ablations/ablations",), study_tables.ablation_table,
       "invar−align, invar−inv, the λ sweep and the number of rewrites R: acc@5 († = differs from invar, p < 0.05) and Jaccard@5 across rewrites.",
-      lambda r: f"Ablations of invar, {_profile(r)} profile, {r['mode']}"
+      lambda r: f"Ablations of invar, {_profile(r)} profile, {r['mode']}; {DAGGER.format('invar')}"
                 + (f"; not run in this profile: {', '.join(r['not_run'])}" if r["not_run"] else "")),
     A("07-ablations", "figure", ("07_ablations/ablations",), study_figures.ablation_curves,
       "acc@5 and rewrite stability (Jaccard@5) against λ and against R."),

@@ -24,7 +24,7 @@ from .config import Profile
 from .integrity import IntegrityError, check_dir, seal_dir
 from .io_utils import atomic_write_json, replace_dir, sha256_file, sha256_text
 from .metrics import AnswerIndex, normalize_answer
-from .paths import SOURCE_FILES, find_sources, processed_dir
+from .paths import SOURCE_FILES, find_sources, processed_dir, shown
 from . import sources as src
 
 # Bump when the build logic changes, so cached builds are redone.
@@ -110,7 +110,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
             log(f"benchmark {out} is damaged ({getattr(e, 'reason', e)}); rebuilding it")
             old = {}
         if old.get("build_key") == key:
-            log(f"benchmark for profile {profile.name!r} is up to date: {out}")
+            log(f"benchmark for profile {profile.name!r} is up to date: {shown(out)}")
             return old
     log(f"building benchmark for profile {profile.name!r} from {source_dir}")
     built = _build(profile, source_dir, log)
@@ -124,7 +124,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out} ({manifest['counts']['corpus']['total']} passages)")
+    log(f"wrote {shown(out)} ({manifest['counts']['corpus']['total']} passages)")
     return manifest
 
 

@@ -31,6 +31,15 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def shown(path: str | Path) -> str:
+    """A path as a message shows it: relative to the checkout when inside it (no machine-specific
+    absolute paths in executed notebooks), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
 def data_dir() -> Path:
     return repo_root() / "data"
 

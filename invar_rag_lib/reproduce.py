@@ -121,6 +121,17 @@ def clean_leftovers(out_dir: Path, books: Sequence[Path], log=print) -> None:
         log(f"removed {len(removed)} leftover(s) of an earlier run: {', '.join(p.name for p in removed)}")
 
 
+def _relative_paths(executed: Path, name: str) -> None:
+    """Papermill records the absolute input and output paths of the machine that ran it; the
+    committed copy names them relative to the checkout instead."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    meta.update({"input_path": f"notebooks/{name}", "output_path": f"reports/executed/{name}"})
+    nbformat.write(nb, str(executed))
+
+
 def _eta(previous: dict, books: Sequence[Path]) -> str:
     known = [previous.get(nb.stem, {}).get("wall_s") for nb in books]
     if not all(known):
@@ -219,6 +230,7 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _relative_paths(tmp, nb.name)
             os.replace(tmp, out_dir / nb.name)
             timings[nb.stem] = round(time.perf_counter() - t0, 1)
             log(f"  done in {timings[nb.stem]:.0f} s ({(time.perf_counter() - t_all) / 60:.1f} min so far)")

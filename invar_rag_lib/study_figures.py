@@ -30,8 +30,13 @@ def generator_loss(results: dict):
     return fig
 
 
-def generation_bars(results: dict, metrics=("em", "acc", "context_hit")):
-    """06: EM, PopQA-style acc and the share of prompts whose passages hold an answer, per row."""
+def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
+    """06: EM, PopQA-style acc and the share of prompts whose shown passage windows (what the
+    generator reads) hold an answer, per row. Results without `window_hit` (older runs) show
+    `context_hit`, the whole passages."""
+    first = next(iter(results["rows"].values()))
+    if "window_hit" in metrics and "window_hit" not in next(iter(first.values()))["metrics"]:
+        metrics = tuple("context_hit" if m == "window_hit" else m for m in metrics)
     sns.set_theme(style="whitegrid", context="notebook")
     rows = _rows(results["rows"])
     datasets = ordered(results["rows"][rows[0]])
@@ -48,7 +53,7 @@ def generation_bars(results: dict, metrics=("em", "acc", "context_hit")):
             ax.bar(x, mean, width, yerr=err, color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
         ax.set_xticks(np.arange(len(rows)), rows, rotation=25, ha="right")
         ax.set_ylim(bottom=0)
-        ax.set_title(METRIC_NAMES[m] + (" (passages given)" if m == "context_hit" else "") + " (%)")
+        ax.set_title(f"{METRIC_NAMES[m]} (%)", fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -7,7 +7,8 @@ from .reporting import fmt_ci
 from .stage2 import ROWS
 from .tables import DATASET_NAMES, display_name, ordered, ordered_retrievers
 
-METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in top-k"}
+METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in the top-k passages",
+                "window_hit": "answer in the shown windows"}
 
 
 def _rows(names) -> list[str]:
@@ -28,6 +29,25 @@ def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs
                     cell += " †"
                 cells[f"{DATASET_NAMES.get(ds, ds)} {METRIC_NAMES[m]}"] = cell
         table[row] = cells
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("row")
+
+
+def context_table(results: dict) -> pd.DataFrame:
+    """What the generator could read: the share of questions whose top-k passages contain an
+    answer, on whole passages and within the shown windows (title + first `passage_tokens`
+    tokens), per row that retrieves. Empty for results written before `window_hit` existed."""
+    table = {}
+    for row in _rows(results["rows"]):
+        cells = {}
+        for ds in ordered(results["rows"][row]):
+            m = results["rows"][row][ds]["metrics"]
+            if "window_hit" not in m or (m["context_hit"]["mean"] == 0 and row == "closed-book"):
+                continue
+            name = DATASET_NAMES.get(ds, ds)
+            cells[f"{name} whole passages"] = fmt_ci(m["context_hit"])
+            cells[f"{name} shown windows"] = fmt_ci(m["window_hit"])
+        if cells:
+            table[row] = cells
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("row")
 
 

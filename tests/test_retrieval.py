@@ -212,7 +212,8 @@ def test_first_hit_ranks():
 def test_evaluate_run_known_values():
     res = evaluate_run(RUN, QUESTIONS, PASSAGES, ks=(1, 2, 3), n_resamples=200, seed=0)
     assert res["n"] == 4
-    assert res["per_question"] == {"ids": ["q1", "q2", "q3", "q4"], "first_hit_rank": [2, 1, None, 3]}
+    assert res["per_question"] == {"ids": ["q1", "q2", "q3", "q4"], "first_hit_rank": [2, 1, None, 3],
+                                   "top_ids": [RUN[q] for q in ("q1", "q2", "q3", "q4")]}
     assert set(res["metrics"]) == {"acc@1", "acc@2", "acc@3"}
     assert res["metrics"]["acc@1"]["mean"] == pytest.approx(0.25)
     assert res["metrics"]["acc@2"]["mean"] == pytest.approx(0.5)
@@ -221,6 +222,42 @@ def test_evaluate_run_known_values():
         assert m["n"] == 4 and 0.0 <= m["low"] <= m["mean"] <= m["high"] <= 1.0
     again = evaluate_run(RUN, QUESTIONS, PASSAGES, ks=(1, 2, 3), n_resamples=200, seed=0)
     assert again == res  # deterministic for a seed
+
+
+def test_saved_rankings_recheck_the_result_and_catch_an_edit():
+    from invar_rag_lib.retrieval.harness import recheck
+
+    res = evaluate_run(RUN, QUESTIONS, PASSAGES, ks=(1, 2, 3), n_resamples=50)
+    assert recheck(res, QUESTIONS, PASSAGES) == []
+    res["per_question"]["first_hit_rank"][2] = 1  # a result claiming a hit its ranking does not hold
+    assert recheck(res, QUESTIONS, PASSAGES) == ["q3"]
+
+
+def test_committed_cpu_results_recheck_against_the_corpus():
+    """Every committed retrieval result that saved its rankings agrees with has_answer on the
+    corpus (skipped where the cpu benchmark has not been built on this machine)."""
+    import json
+    from pathlib import Path
+
+    from invar_rag_lib.data import load_benchmark
+    from invar_rag_lib.retrieval.harness import recheck
+
+    root = Path(__file__).resolve().parent.parent
+    real = root / "data" / "processed" / "cpu"
+    if not (real / "manifest.json").exists():
+        pytest.skip(f"no cpu benchmark at {real} (built by notebook 00)")
+    bench = load_benchmark("cpu", real)
+    text = {row["id"]: row["text"] for row in bench.corpus}
+    questions = [q for ds in bench.eval for q in bench.eval_records(ds)]
+    checked = 0
+    for path in (root / "reports" / "results").glob("0[14]_*/retrieval.json"):
+        for by_dataset in json.loads(path.read_text())["retrievers"].values():
+            for res in by_dataset.values():
+                if "top_ids" in res.get("per_question", {}):
+                    assert recheck(res, questions, text) == []
+                    checked += 1
+    if not checked:
+        pytest.skip("the committed results predate saved rankings")
 
 
 def test_evaluate_run_deeper_than_the_run_raises():

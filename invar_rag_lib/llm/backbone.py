@@ -13,11 +13,17 @@ import importlib.metadata
 import json
 import shutil
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import transformers
+
+# Executed notebooks stay readable: no "Loading weights" progress bars, and no FutureWarning that
+# peft triggers inside transformers on every adapter (`is_gradient_checkpointing`, not ours to fix).
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from invar_rag_lib.integrity import IntegrityError, check_dir, seal_dir
 from invar_rag_lib.io_utils import atomic_write_json, replace_dir, sha256_file

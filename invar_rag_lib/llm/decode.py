@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from ..progress import progress
+
 _STOP_IDS: dict[int, frozenset[int]] = {}
 
 
@@ -130,7 +132,7 @@ def _greedy_decode(model, tokenizer, prompts, max_new_tokens, batch_size, share_
         bodies = [p + s for p, s in pairs]
     order = sorted(range(len(bodies)), key=lambda i: (len(bodies[i]), i))
     out: list[str] = [""] * len(prompts)
-    for lo in range(0, len(order), batch_size):
+    for lo in progress(range(0, len(order), batch_size), "decoding", unit="batch"):
         idx = order[lo:lo + batch_size]
         width = max(len(bodies[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)

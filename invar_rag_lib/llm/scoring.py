@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..progress import progress
 from .encoder import positions_from_mask
 
 
@@ -41,7 +42,8 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, lm_head = inner.model, inner.lm_head
     out = torch.empty(len(pairs))
-    for idx in _length_batches([len(p) + len(a) for p, a in pairs], batch_size):
+    for idx in progress(_length_batches([len(p) + len(a) for p, a in pairs], batch_size), "LSR scores",
+                        unit="batch"):
         width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)

@@ -15,6 +15,7 @@ import torch
 
 from ..integrity import load_or_none, read_sealed, write_sealed
 from ..io_utils import sha256_text
+from ..progress import progress
 
 
 def trunk_fingerprint(model, split: int, extra: str = "") -> str:
@@ -79,7 +80,7 @@ class TrunkCache:
                 log(f"trunk cache: computing {len(todo)} new texts (window {max_len}), "
                     f"{len(keys) - len(todo)} cached")
             new: dict[str, torch.Tensor] = {}
-            for i in range(0, len(todo), batch_size):
+            for i in progress(range(0, len(todo), batch_size), "trunk states", unit="batch"):
                 chunk = todo[i:i + batch_size]
                 for k, state in zip(chunk, compute([text_of[k] for k in chunk])):
                     new[k] = state.detach().to(torch.float32).contiguous()

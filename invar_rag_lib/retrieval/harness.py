@@ -10,6 +10,10 @@ from typing import Mapping, Sequence
 
 from ..metrics import acc_at_k, bootstrap_ci, has_answer, paired_bootstrap_pvalue
 
+# How many passage ids of each ranking the results keep, so that anyone can recheck acc@k (k ≤ 20)
+# and the top-k overlaps from the results and the corpus alone, without running a model.
+SAVED_RANKING_DEPTH = 20
+
 
 def first_hit_ranks(run: Mapping[str, Sequence[str]], questions: Sequence[dict],
                     passage_text: Mapping[str, str]) -> list[int | None]:
@@ -27,7 +31,8 @@ def first_hit_ranks(run: Mapping[str, Sequence[str]], questions: Sequence[dict],
 def evaluate_run(run: Mapping[str, Sequence[str]], questions: Sequence[dict],
                  passage_text: Mapping[str, str], ks: Sequence[int], n_resamples: int = 1000,
                  seed: int = 0) -> dict:
-    """acc@k (with 95% bootstrap CI) for every k, plus per-question first-hit ranks."""
+    """acc@k (with 95% bootstrap CI) for every k, plus per question its first-hit rank and the top
+    `SAVED_RANKING_DEPTH` passage ids of its ranking."""
     depth = min(len(v) for v in run.values()) if run else 0
     too_deep = [k for k in ks if k > depth]
     if too_deep:
@@ -38,7 +43,22 @@ def evaluate_run(run: Mapping[str, Sequence[str]], questions: Sequence[dict],
         _, per_item = acc_at_k(ranks, k)
         metrics[f"acc@{k}"] = bootstrap_ci(per_item, n_resamples=n_resamples, seed=seed)
     return {"n": len(questions), "metrics": metrics,
-            "per_question": {"ids": [q["id"] for q in questions], "first_hit_rank": ranks}}
+            "per_question": {"ids": [q["id"] for q in questions], "first_hit_rank": ranks,
+                             "top_ids": [list(run[q["id"]][:SAVED_RANKING_DEPTH]) for q in questions]}}
+
+
+def recheck(result: dict, questions: Sequence[dict], passage_text: Mapping[str, str]) -> list[str]:
+    """Recompute has_answer over a result's saved `top_ids`; the questions whose saved first-hit
+    rank (within the saved depth) disagrees. An empty list means the result checks out."""
+    per_q = result["per_question"]
+    by_id = {q["id"]: q for q in questions}
+    bad = []
+    for qid, rank, top in zip(per_q["ids"], per_q["first_hit_rank"], per_q["top_ids"]):
+        again = first_hit_ranks({qid: top}, [by_id[qid]], passage_text)[0]
+        saved = rank if rank is not None and rank <= len(top) else None
+        if again != saved:
+            bad.append(qid)
+    return bad
 
 
 def hits_at_k(result: dict, k: int) -> list[float]:

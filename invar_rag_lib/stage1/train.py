@@ -23,6 +23,8 @@ import torch
 from .. import losses
 from ..config import Profile
 from ..io_utils import jsonable
+from ..paths import shown
+from ..progress import step_bar
 from ..llm.encoder import RETRIEVER_ADAPTER, encode_hidden, pad_states
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, save_checkpoint)
@@ -203,7 +205,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     config = jsonable(config)
     if reuse and (done := finished_checkpoint(out_dir, config)):
         load_adapter(accelerator.unwrap_model(encoder).model, out_dir, RETRIEVER_ADAPTER)
-        log(f"reused the finished checkpoint in {out_dir} (same config and data)")
+        log(f"reused the finished checkpoint in {shown(out_dir)} (same config and data)")
         return {"history": done["history"], "config": config, "reused": True}
     step, history = 0, []
     latest = checkpoint_path(out_dir)
@@ -213,6 +215,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
                                         RETRIEVER_ADAPTER, config)
         log(f"resumed from {latest.name} at step {step}")
     encoder.train()
+    bar = step_bar(total_steps, step, "training retriever") if accelerator.is_main_process else step_bar(0, 0, "")
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         order = epoch_order(len(data), profile.seed, epoch)
@@ -238,6 +241,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         record = {"step": step + 1, "lr": get_lr(step, s1.lr, s1.warmup_steps, total_steps),
                   **{k: float(v) for k, v in zip(logs_acc[0], means)}}
         history.append(record)
+        bar.update(loss=record["loss"])
         step += 1
         if step % s1.checkpoint_every == 0 or step == total_steps:
             if accelerator.is_main_process:
@@ -246,4 +250,5 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
             accelerator.wait_for_everyone()
         if stop_after is not None and step >= stop_after:
             break
+    bar.close()
     return {"history": history, "config": config}

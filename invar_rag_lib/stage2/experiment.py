@@ -198,9 +198,13 @@ class GenerationStage:
                          "acc": [substring_acc(p, q["golden_answers"]) for p, q in zip(preds, qs)],
                          "context_hit": [float(any(has_answer(text[pid], q["golden_answers"])
                                                    for pid in passages[ds][q["id"]][: cfg.generator.k]))
-                                         for q in qs]}
+                                         for q in qs],
+                         # what the generator is shown: each passage's title + first passage_tokens tokens
+                         "window_hit": [float(any(has_answer(self.windows(pid), q["golden_answers"])
+                                                  for pid in passages[ds][q["id"]][: cfg.generator.k]))
+                                        for q in qs]}
                 results[row][ds] = {"metrics": {m: bootstrap_ci(per_q[m], n_boot, cfg.seed)
-                                                for m in (*METRICS, "context_hit")},
+                                                for m in (*METRICS, "context_hit", "window_hit")},
                                     "per_question": per_q}
             timings[f"{row}_s"] = round(time.perf_counter() - t0, 1)
             if stats.prompts:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from ..config import Profile
 from ..io_utils import jsonable, sha256_text
+from ..paths import shown
+from ..progress import step_bar
 from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, save_checkpoint)
@@ -158,7 +160,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     unwrapped = accelerator.unwrap_model(top).model
     if reuse and (done := finished_checkpoint(out_dir, config)):
         load_adapter(unwrapped, out_dir, GENERATOR_ADAPTER)
-        log(f"reused the finished generator checkpoint in {out_dir}")
+        log(f"reused the finished generator checkpoint in {shown(out_dir)}")
         return {"history": done["history"], "config": config, "reused": True}
     t0 = time.perf_counter()
     data.states  # trunk states: read from the cache or computed once, before the first step
@@ -170,6 +172,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         step, history = load_checkpoint(latest, unwrapped, optimizer, GENERATOR_ADAPTER, config)
         log(f"resumed from {latest.name} at step {step}")
     top.train()
+    bar = step_bar(total_steps, step, "training generator")
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         order = epoch_order(len(data), profile.seed, epoch)
@@ -183,9 +186,11 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         optimizer.step()
         optimizer.zero_grad()
         history.append({"step": step + 1, "lr": lr, "loss": float(loss.detach())})
+        bar.update(loss=history[-1]["loss"])
         step += 1
         if (step % g.checkpoint_every == 0 or step == total_steps) and accelerator.is_main_process:
             save_checkpoint(latest, unwrapped, optimizer, step, config, history, GENERATOR_ADAPTER)
+    bar.close()
     top.eval()
     log(f"generator: {total_steps} steps, loss {np.mean([h['loss'] for h in history[:5]]):.3f} (first 5) "
         f"-> {np.mean([h['loss'] for h in history[-5:]]):.3f} (last 5)")
