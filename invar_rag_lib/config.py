@@ -30,6 +30,9 @@ class DataConfig:
     # WikiQA's answer sentences enter the corpus as title-less passages: kept few (distractors and
     # the generator's sources only; stage 1 does not train on them, METHOD.md §4)
     wikiqa_train_questions: int = 200
+    # A training question whose SQuAD-normalised word set has Jaccard >= this with any evaluation-
+    # sample question is a near-duplicate and is left out of training (exact matches always are).
+    near_duplicate_jaccard: float = 0.8
     selection_seed: int = 13
 
 
@@ -314,6 +317,8 @@ def _validate(p: Profile, where: str) -> None:
             or d.distractor_passages < 0 or d.train_questions_per_source < 0:
         raise ConfigError(f"{where}.data: need eval_questions_per_dataset >= 1, corpus_pool_questions_per_dataset "
                           ">= eval_questions_per_dataset, distractor_passages and train_questions_per_source >= 0")
+    if not 0 < d.near_duplicate_jaccard <= 1:
+        raise ConfigError(f"{where}.data.near_duplicate_jaccard must lie in (0, 1], got {d.near_duplicate_jaccard}")
     if p.retrieval.bootstrap_resamples < 1:
         raise ConfigError(f"{where}.retrieval.bootstrap_resamples must be >= 1")
 

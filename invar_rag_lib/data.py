@@ -71,6 +71,31 @@ def _seeded_order(n: int, seed: int, salt: str) -> list[int]:
     return order
 
 
+class NearDuplicates:
+    """Finds, for a training question, an evaluation-sample question with nearly the same words:
+    Jaccard of the SQuAD-normalised word sets >= `threshold` (an inverted index keeps it fast)."""
+
+    def __init__(self, questions, threshold: float):
+        from .metrics import normalize_answer
+
+        self.norm, self.threshold = normalize_answer, threshold
+        self.questions = list(questions)
+        self.words = [frozenset(normalize_answer(q).split()) for q in self.questions]
+        self.index: dict[str, list[int]] = {}
+        for i, w in enumerate(self.words):
+            for t in w:
+                self.index.setdefault(t, []).append(i)
+
+    def match(self, question: str) -> tuple[str, float] | None:
+        w = frozenset(self.norm(question).split())
+        shared: dict[int, int] = {}
+        for t in w:
+            for i in self.index.get(t, ()):
+                shared[i] = shared.get(i, 0) + 1
+        best = max(((c / len(w | self.words[i]), i) for i, c in shared.items()), default=(0.0, -1))
+        return (self.questions[best[1]], round(best[0], 3)) if best[0] >= self.threshold else None
+
+
 class _CorpusBuilder:
     """Collects passages, deduplicating on whitespace-normalised (title, text)."""
 
@@ -168,19 +193,38 @@ def _build(profile: Profile, source_dir: Path, log=print) -> dict:
 
     train: dict[str, list[dict]] = {}
     n_train = cfg.train_questions_per_source
+    near = NearDuplicates([r["question"] for ds in ("nq", "triviaqa", "popqa") for r in samples[ds]],
+                          cfg.near_duplicate_jaccard)
+    dropped: list[dict] = []
+
+    def first(order: list[int], rows: list[dict], source: str, n: int) -> list[int]:
+        """The first `n` of the seeded `order` that are not near-duplicates of an evaluation
+        question (those are recorded for the manifest). Leaving one out changes no other choice."""
+        chosen = []
+        for i in order:
+            if len(chosen) == n:
+                break
+            hit = near.match(rows[i]["question"])
+            if hit:
+                dropped.append({"source": source, "question": rows[i]["question"], "eval_question": hit[0],
+                                "jaccard": hit[1]})
+            else:
+                chosen.append(i)
+        return chosen
+
     nq_gold = [r for r in oracle if question_key(r["question"]) not in all_eval_keys]
-    order = _seeded_order(len(nq_gold), cfg.selection_seed, "nq_gold")
+    order = first(_seeded_order(len(nq_gold), cfg.selection_seed, "nq_gold"), nq_gold, "nq_gold", n_train)
     train["nq_gold"] = []
-    for i in sorted(order[:n_train]):
+    for i in sorted(order):
         r = nq_gold[i]
         pid = corpus.add(r["gold_title"], r["gold_text"], "nqgold")
         train["nq_gold"].append({"question": r["question"], "golden_answers": r["golden_answers"],
                                  "source_id": f"oracle-{i}", "gold_ids": [pid]})
     wikiqa = [g for g in src.read_wikiqa_train(path["wikiqa_train"])
               if g["positives"] and question_key(g["question"]) not in all_eval_keys]
-    order = _seeded_order(len(wikiqa), cfg.selection_seed, "wikiqa")
+    order = first(_seeded_order(len(wikiqa), cfg.selection_seed, "wikiqa"), wikiqa, "wikiqa", cfg.wikiqa_train_questions)
     train["wikiqa"] = []
-    for i in sorted(order[:cfg.wikiqa_train_questions]):
+    for i in sorted(order):
         g = wikiqa[i]
         ids = [corpus.add("", s, "wikiqa") for s in g["positives"]]
         train["wikiqa"].append({"question": g["question"], "golden_answers": g["positives"],
@@ -211,9 +255,10 @@ def _build(profile: Profile, source_dir: Path, log=print) -> dict:
         if hits:
             tqa.append({**r, "source_id": f"tqa-dev-{i}", "gold_ids": [],
                         "answer_passage_ids": [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]})
-    order = _seeded_order(len(tqa), cfg.selection_seed, "tqa_dev")
-    train["tqa_dev"] = [tqa[i] for i in sorted(order[:n_train])]
-    return {"eval": eval_rows, "train": train, "corpus": corpus.rows, "all_eval_keys": all_eval_keys}
+    order = first(_seeded_order(len(tqa), cfg.selection_seed, "tqa_dev"), tqa, "tqa_dev", n_train)
+    train["tqa_dev"] = [tqa[i] for i in sorted(order)]
+    return {"eval": eval_rows, "train": train, "corpus": corpus.rows, "all_eval_keys": all_eval_keys,
+            "near_duplicates": dropped}
 
 
 def _check_no_leakage(built: dict) -> None:
@@ -285,7 +330,10 @@ def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: di
         "inputs": {name: {"path": SOURCE_FILES[name], "sha256": sha} for name, sha in inputs.items()},
         "outputs_sha256": outputs,
         "leakage_check": "passed: no training question (SQuAD-normalised) equals any of the "
-                         f"{len(built['all_eval_keys'])} evaluation-sample questions",
+                         f"{len(built['all_eval_keys'])} evaluation-sample questions; "
+                         f"{len(built['near_duplicates'])} near-duplicate(s) (word-set Jaccard >= "
+                         f"{profile.data.near_duplicate_jaccard}) left out of training: see near_duplicates",
+        "near_duplicates": built["near_duplicates"],
     }
     atomic_write_json(tmp / "manifest.json", manifest)
     return json.loads((tmp / "manifest.json").read_text())  # the same object a reuse returns

@@ -388,3 +388,28 @@ def test_build_does_not_depend_on_process_hash_seed(tiny_profile, tiny_sources, 
                           str(tiny_sources), str(tmp_path / "b")], env=env, capture_output=True,
                          text=True, check=True)
     assert json.loads(res.stdout.strip().splitlines()[-1]) == here["outputs_sha256"]
+
+
+def test_near_duplicates_of_eval_questions_are_found_by_word_overlap():
+    from invar_rag_lib.data import NearDuplicates
+
+    near = NearDuplicates(["who wrote the music phantom of the opera", "what is the capital of rwanda"], 0.8)
+    assert near.match("Who wrote the Phantom of the Opera music?") == ("who wrote the music phantom of the opera", 1.0)
+    assert near.match("what is the capital of kenya") is None  # same template, another question
+    assert near.match("who painted the mona lisa") is None
+
+
+def test_near_duplicate_training_question_is_left_out_and_recorded(tiny_sources):
+    from invar_rag_lib.config import profile_from_dict
+    from conftest import tiny_profile_dict
+
+    strict = profile_from_dict({**tiny_profile_dict(tiny_sources / "r"),
+                                "data": {**tiny_profile_dict(tiny_sources / "r")["data"], "near_duplicate_jaccard": 0.3}})
+    loose = profile_from_dict(tiny_profile_dict(tiny_sources / "r"))
+    a, b = data_mod._build(loose, tiny_sources, log=lambda *x: None), data_mod._build(strict, tiny_sources, log=lambda *x: None)
+    dropped = {d["question"] for d in b["near_duplicates"]}
+    assert dropped, "a loose threshold must catch something in the fixture"
+    for source, rows in b["train"].items():
+        assert not dropped & {r["question"] for r in rows}
+    assert all(d["jaccard"] >= 0.3 and d["eval_question"] for d in b["near_duplicates"])
+    assert len(a["near_duplicates"]) <= len(b["near_duplicates"])
