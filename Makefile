@@ -6,6 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 PROFILE ?= cpu
+# Optional extra package index for torch, e.g. https://download.pytorch.org/whl/cpu (CPU-only wheels).
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 # Nothing here may reach a network (the models and data are local).
 export HF_HUB_OFFLINE := 1
@@ -20,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -c requirements.lock.txt
+	$(PY) -m pip install --quiet $(PIP_TORCH) -r requirements.txt -c requirements.lock.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name invar-rag --display-name "invar-rag (.venv)" >/dev/null
