@@ -144,7 +144,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("04-acc-at-k", "figure", ("04_retriever/retrieval",), figures.acc_at_k_curves,
       "acc@k against k for every retriever variant."),
     A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: figures.stability_bars(r, k=5),
-      "Std of hit@5 across a question and its rewrites, per retriever (lower = more stable)."),
+      "Stability across a question and its rewrites, per retriever: Jaccard@5 of the top-5 sets (higher = more stable) and the std of hit@5 (lower = more stable), with 95% intervals."),
     A("04-loss-curves", "figure", ("04_retriever/retrieval",), figures.loss_curves,
       "Training loss and its terms per step for every trained variant."),
     A("05_generator_training", "table", ("05_generator/training",), study_tables.generator_training_table,

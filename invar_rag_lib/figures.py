@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: papermill, nbval, CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -34,33 +35,52 @@ def corpus_composition(results: dict):
     return fig
 
 
+# One colour and line style per retriever in every figure (a variant keeps its colour across panels
+# and notebooks): baselines dashed, floors dotted, trained LLM variants solid.
+_TAB = sns.color_palette("tab10")
+RETRIEVER_STYLE = {
+    "bm25": (_TAB[7], "--"), "minilm": (_TAB[0], "--"), "random": ((0.55, 0.55, 0.55), ":"),
+    "llm-zero": (_TAB[5], ":"), "llm-ctr": (_TAB[1], "-"), "llm-lsr": (_TAB[2], "-"),
+    "invar": (_TAB[3], "-"), "invar-align": (_TAB[4], "-"), "invar-inv": (_TAB[6], "-"),
+}
+
+
+def style_of(name: str):
+    """(colour, line style) of a retriever; names outside the study get the remaining colours."""
+    if name in RETRIEVER_STYLE:
+        return RETRIEVER_STYLE[name]
+    return _TAB[8 + hash(name) % 2], "-."
+
+
 def acc_at_k_curves(results: dict):
-    """01: acc@k against k for every retriever and dataset, with 95% bootstrap bands."""
+    """01/04: acc@k against k for every retriever and dataset, with 95% bootstrap bands (drawn for
+    the trained variants only, so the floors and baselines stay readable); one legend below."""
     sns.set_theme(style="whitegrid", context="notebook")
     datasets = ordered(next(iter(results["retrievers"].values())))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), sharey=True)
     axes = [axes] if len(datasets) == 1 else list(axes)
-    palette = sns.color_palette("deep")
+    names = ordered_retrievers(results["retrievers"])
     for ax, ds in zip(axes, datasets):
-        for color, name in zip(palette, ordered_retrievers(results["retrievers"])):
-            by_ds = results["retrievers"][name]
-            metrics = by_ds[ds]["metrics"]
+        for name in names:
+            color, ls = style_of(name)
+            metrics = results["retrievers"][name][ds]["metrics"]
             ks = sorted(int(key.split("@")[1]) for key in metrics)
             mean = [100 * metrics[f"acc@{k}"]["mean"] for k in ks]
-            low = [100 * metrics[f"acc@{k}"]["low"] for k in ks]
-            high = [100 * metrics[f"acc@{k}"]["high"] for k in ks]
-            ax.plot(ks, mean, marker="o", label=display_name(name), color=color)
-            ax.fill_between(ks, low, high, alpha=0.15, color=color)
+            ax.plot(ks, mean, marker="o", ms=3, lw=1.6, ls=ls, label=display_name(name), color=color)
+            if ls == "-":
+                ax.fill_between(ks, [100 * metrics[f"acc@{k}"]["low"] for k in ks],
+                                [100 * metrics[f"acc@{k}"]["high"] for k in ks], alpha=0.12, color=color)
         coverage = results.get("answer_coverage", {}).get(ds)
         if coverage is not None:
-            ax.axhline(100 * coverage, ls=":", color="gray", label="answer in corpus")
+            ax.axhline(100 * coverage, ls=(0, (1, 3)), color="black", lw=1, label="answer in corpus")
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_title(f"{DATASET_NAMES.get(ds, ds)} (n={results['retrievers'][name][ds]['n']})")
-        ax.set_xlabel("k")
+        ax.set_title(f"{DATASET_NAMES.get(ds, ds)} (n = {results['retrievers'][names[0]][ds]['n']})")
+        ax.set_xlabel("k (passages)")
     axes[0].set_ylabel("acc@k (%)")
-    axes[-1].legend(loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1 if len(labels) > 6 else 0.07, 1, 1))
     return fig
 
 
@@ -101,42 +121,61 @@ def lsr_by_environment(results: dict):
     return fig
 
 
+TERM_LABELS = {"loss": "total loss L", "ctr": "L_ctr (contrastive)", "align": "L_align (KL to MiniLM)",
+               "inv": "L_inv (invariance)", "lsr": "KL(Q_orig ‖ P_θ) (LSR)"}
+
+
 def loss_curves(results: dict):
-    """04: training loss (and its terms) per step for every trained variant."""
+    """04: training loss and each of its terms per step, one panel per term (2 columns), every
+    variant in its fixed colour; L_ctr with the loss of a uniform ranking (collapse line)."""
     sns.set_theme(style="whitegrid", context="notebook")
     histories = {n: results["training"][n] for n in ordered_retrievers(results["training"])}
     terms = [t for t in ("loss", "ctr", "align", "inv", "lsr") if any(t in h[0] for h in histories.values())]
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.3 * len(terms), 3), squeeze=False)
-    for ax, term in zip(axes[0], terms):
+    cols = 2
+    rows = (len(terms) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.1 * rows), squeeze=False)
+    for ax, term in zip(axes.flat, terms):
         for name, h in histories.items():
             if term in h[0]:
-                ax.plot([r["step"] for r in h], [r[term] for r in h], label=display_name(name))
+                color, _ = style_of(name)
+                ax.plot([r["step"] for r in h], [r[term] for r in h], color=color, lw=1.4, label=display_name(name))
         if term == "ctr" and results.get("ctr_uniform"):
             ax.axhline(results["ctr_uniform"], ls=":", color="gray", label="uniform ranking")
-        ax.set_title(term if term == "loss" else f"L_{term}")
-        ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_title(TERM_LABELS.get(term, term), fontsize=10)
+        ax.set_ylabel(TERM_LABELS.get(term, term).split(" (")[0])
+        ax.set_xlabel("optimizer step")
+    for ax in list(axes.flat)[len(terms):]:
+        ax.axis("off")
+    handles = {}
+    for ax in axes.flat:
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lb, hd)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
 def stability_bars(results: dict, k: int = 5):
-    """04: the variance claim: std of has_answer@k across environments, per retriever (lower is more stable)."""
+    """04: the variance claim per retriever: Jaccard@k of the top-k sets of a question and its
+    rewrites (↑) and the std of hit@k across them (↓), with 95% bootstrap intervals."""
     sns.set_theme(style="whitegrid", context="notebook")
-    rows = []
-    for name in ordered_retrievers(results["retrievers"]):
-        by_ds = results["retrievers"][name]
-        for ds in ordered(by_ds):
-            stab = by_ds[ds].get("stability")
-            if stab:
-                m = stab[f"has_answer_std@{k}"]
-                rows.append({"retriever": display_name(name), "dataset": DATASET_NAMES.get(ds, ds),
-                             "std": 100 * m["mean"], "err": 100 * (m["high"] - m["low"]) / 2})
-    df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(9, 3.4))
-    sns.barplot(data=df, x="retriever", y="std", hue="dataset", ax=ax, errorbar=None)
-    ax.set_ylabel(f"std of hit@{k} across\nquestion rewrites (%) ↓")
-    ax.set_xlabel("")
-    ax.tick_params(axis="x", rotation=20)
+    names = [n for n in ordered_retrievers(results["retrievers"])
+             if next(iter(results["retrievers"][n].values())).get("stability")]
+    datasets = ordered(results["retrievers"][names[0]])
+    palette = sns.color_palette("deep", len(datasets))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / len(datasets)
+    for ax, (key, label) in zip(axes, [(f"jaccard@{k}", f"Jaccard@{k}, question vs rewrites (%) ↑"),
+                                       (f"has_answer_std@{k}", f"std of hit@{k} across rewrites (%) ↓")]):
+        for j, ds in enumerate(datasets):
+            vals = [results["retrievers"][n][ds]["stability"][key] for n in names]
+            x = np.arange(len(names)) + (j - (len(datasets) - 1) / 2) * width
+            ax.bar(x, [100 * v["mean"] for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
+                   yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
+                   capsize=2)
+        ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=25, ha="right")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

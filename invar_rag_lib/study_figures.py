@@ -63,7 +63,7 @@ def ablation_curves(results: dict, k: int = 5):
     """07: acc@k and the rewrite-stability Jaccard@k against λ and against R, per dataset."""
     sns.set_theme(style="whitegrid", context="notebook")
     axes_of = [("lambda", "λ (weight of L_inv)"), ("rewrites", "R (rewrites per training question)")]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharey="row")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharey="row", squeeze=False)
     datasets = ordered(next(iter(results["retrievers"].values())))
     palette = sns.color_palette("deep", len(datasets))
     for col, (axis, label) in enumerate(axes_of):
@@ -71,19 +71,20 @@ def ablation_curves(results: dict, k: int = 5):
         xs = [p["value"] for p in points]
         for row, (getter, ylabel) in enumerate([
                 (lambda r: r["metrics"][f"acc@{k}"], f"acc@{k} (%)"),
-                (lambda r: r["stability"][f"jaccard@{k}"], f"Jaccard@{k}, question vs rewrite (%) ↑")]):
+                (lambda r: r["stability"][f"jaccard@{k}"], f"Jaccard@{k} vs rewrites (%) ↑")]):
             ax = axes[row][col]
             for color, ds in zip(palette, datasets):
                 vals = [getter(results["retrievers"][p["name"]][ds]) for p in points]
                 ax.errorbar(xs, [100 * v["mean"] for v in vals],
                             yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
                             marker="o", capsize=3, color=color, label=DATASET_NAMES.get(ds, ds))
-            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
             if col == 0:
                 ax.set_ylabel(ylabel)
             if row == 1:
                 ax.set_xlabel(label)
     axes[0][0].legend(fontsize=8)
+    fig.align_ylabels(axes[:, 0])
     missing = results.get("not_run") or []
     fig.suptitle("Ablations of invar (rerank, same candidates and eval rewrites)"
                  + (f"; not run in this profile: {', '.join(missing)}" if missing else ""), fontsize=10)
