@@ -129,7 +129,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "Q_e(d|q) of positives and hard negatives per environment; the invariant share is in the title."),
     A("04_retrieval_variants", "table", ("04_retriever/retrieval",),
       lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
-      "Every retriever variant of METHOD.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
+      "Every retriever variant of docs/method.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
       lambda r: f"Retriever variants, acc@k (%) with 95% CI, {_profile(r)} profile, {r['mode']}; "
                 f"{DAGGER.format('minilm')}"),
     A("04_pvalues_vs_llm_ctr", "table", ("04_retriever/retrieval",), _p_vs_ctr,

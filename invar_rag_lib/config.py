@@ -28,7 +28,7 @@ class DataConfig:
     distractor_passages: int = 2000  # Wikipedia summaries (Level-4 vital articles); 10033 = all
     train_questions_per_source: int = 200  # for each of tqa_dev and nq_gold
     # WikiQA's answer sentences enter the corpus as title-less passages: kept few (distractors and
-    # the generator's sources only; stage 1 does not train on them, METHOD.md §4)
+    # the generator's sources only; stage 1 does not train on them, docs/method.md §4)
     wikiqa_train_questions: int = 200
     # A training question whose SQuAD-normalised word set has Jaccard >= this with any evaluation-
     # sample question is a near-duplicate and is left out of training (exact matches always are).
@@ -52,7 +52,7 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class RetrieverConfig:
-    """The LLM bi-encoder (METHOD.md §1) and its LoRA adapter `retriever`."""
+    """The LLM bi-encoder (docs/method.md §1) and its LoRA adapter `retriever`."""
     backbone: str = "smollm2-135m"  # tiny-random | smollm2-135m | a local Hugging Face model dir
     query_template: str = "query: {q}"
     passage_template: str = "passage: {title} {text}"
@@ -60,7 +60,7 @@ class RetrieverConfig:
     query_max_len: int = 32
     padding_side: str = "left"  # the trunk cache makes left and right give the same h(x)
     # h(x): "mean" over the real tokens, or "eos" (RepLLaMA: the EOS state, with tau_r = 0.01). The
-    # EOS state of a 135M model carries too little content and training collapses (METHOD.md §1).
+    # EOS state of a 135M model carries too little content and training collapses (docs/method.md §1).
     pooling: str = "mean"
     tau_r: float = 0.05
     lora_layers: int = 2  # LoRA on the top L decoder layers; 0 = all layers (no trunk cache)
@@ -75,7 +75,7 @@ class RetrieverConfig:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """Training data, environments, losses and optimisation of the retriever (METHOD.md §1).
+    """Training data, environments, losses and optimisation of the retriever (docs/method.md §1).
 
     Two sets of training questions: every question (`train_questions`) gives a group G(q) of
     `group_size` passages for L_ctr and L_align (A(q) = G(q)); the first `env_questions` of them
@@ -94,7 +94,7 @@ class Stage1Config:
     env_questions: int = 150  # questions with environments and LSR (the first ones); 0 = all
     env_group_size: int = 4  # members of G(q) scored by LSR and used by L_inv / the LSR term
     env_batch_size: int = 8  # environment questions per micro-batch (cycled), for L_inv / LSR
-    # Representation-level alignment (METHOD.md §1 allows it): "ridge" maps the pooled h(x) into
+    # Representation-level alignment (docs/method.md §1 allows it): "ridge" maps the pooled h(x) into
     # MiniLM's space with a closed-form ridge regression fitted on the training texts (frozen model),
     # used by every variant with α > 0; "none" keeps h(x) as pooled.
     projection: str = "none"
@@ -121,7 +121,7 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Stage 2 (METHOD.md §2): the `generator` adapter, its prompts, training and decoding.
+    """Stage 2 (docs/method.md §2): the `generator` adapter, its prompts, training and decoding.
 
     The adapter has the retriever's LoRA shape (`retriever.lora_*`, same top `L` layers), so the
     trunk cache serves its training too. The prompt is `instruction` + `n_shot` demonstrations +
@@ -138,7 +138,7 @@ class GeneratorConfig:
     question_template: str = "Question: {q}\nAnswer:"
     train_sources: tuple[str, ...] = ("tqa_dev", "nq_gold")  # WikiQA answers are sentences
     demo_sources: tuple[str, ...] = ("nq_gold",)  # NQ answers are canonical; TriviaQA lists aliases in any order
-    # "first": the first gold answer (METHOD.md); "in_context": the first gold answer that the given
+    # "first": the first gold answer (docs/method.md); "in_context": the first gold answer that the given
     # passages contain (DPR has_answer), else the first. TriviaQA's first alias is arbitrary
     # ('Yellowest' for the colour of a JCB digger), so the cpu profile grounds the target.
     target_answer: str = "in_context"
@@ -156,7 +156,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """The sweeps of notebook 07 that this profile runs; METHOD.md's full grids are
+    """The sweeps of notebook 07 that this profile runs; docs/method.md's full grids are
     `FULL_LAMBDAS` / `FULL_REWRITES`, and a point left out here is reported as not run."""
     lams: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 2.0)
     rewrites: tuple[int, ...] = (0, 1, 2)

@@ -1,4 +1,4 @@
-"""Build the benchmark of METHOD.md §4 from the raw sources and store it with `datasets`.
+"""Build the benchmark of docs/method.md §4 from the raw sources and store it with `datasets`.
 
 Output, under `data/processed/<profile>/`:
 - `eval/`   DatasetDict nq | triviaqa | popqa   (id, question, golden_answers, dataset, metadata)

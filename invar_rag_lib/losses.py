@@ -1,4 +1,4 @@
-"""Stage-1 losses of Invar-RAG (METHOD.md §1), as pure torch functions.
+"""Stage-1 losses of Invar-RAG (docs/method.md §1), as pure torch functions.
 
 Conventions shared by every function here:
 

@@ -12,7 +12,7 @@ RETRIEVER_ORDER = ("bm25", "minilm", "random", "llm-zero", "llm-ctr", "llm-lsr",
 
 
 def display_name(retriever: str) -> str:
-    """METHOD.md writes the ablations with a minus sign: invar−align, invar−inv."""
+    """docs/method.md writes the ablations with a minus sign: invar−align, invar−inv."""
     return retriever.replace("invar-", "invar−")
 
 

@@ -1,4 +1,4 @@
-"""Stage-1 losses (METHOD.md §1): values by hand, KL direction, masking, gradients, invariance."""
+"""Stage-1 losses (docs/method.md §1): values by hand, KL direction, masking, gradients, invariance."""
 from __future__ import annotations
 
 import math

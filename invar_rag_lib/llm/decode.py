@@ -1,4 +1,4 @@
-"""The one greedy decoder: batched, with an optional shared-prefix key/value cache (METHOD.md §2).
+"""The one greedy decoder: batched, with an optional shared-prefix key/value cache (docs/method.md §2).
 
 Used for the generator's answers (stage 2) and for the query rewrites (stage 1). Every evaluation
 prompt starts with the same instruction and demonstrations (every rewrite prompt with the same

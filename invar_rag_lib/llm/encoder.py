@@ -1,4 +1,4 @@
-"""The LLM bi-encoder of METHOD.md §1, with the trunk cache of §5.
+"""The LLM bi-encoder of docs/method.md §1, with the trunk cache of §5.
 
 Representation: `"query: {q}"` / `"passage: {title} {text}"`, truncated to `max_len - 1` tokens,
 EOS appended; h(x) = a pooling of the final-layer hidden states, L2-normalised: `"eos"` (the state

@@ -1,4 +1,4 @@
-"""Answer log-likelihoods under the causal LM (the LSR scores of METHOD.md §1).
+"""Answer log-likelihoods under the causal LM (the LSR scores of docs/method.md §1).
 
 Batched by length (fewer pad tokens on 2 cores); results in input order. Generation lives in
 `llm/decode.py`, the one greedy decoder.

@@ -1,7 +1,7 @@
 """Disk cache of frozen-trunk hidden states, keyed by trunk fingerprint, window and text.
 
 With LoRA on the top `L` layers only, the output of the layers below depends on the text alone
-(METHOD.md §5), so it is computed once and reused by every training step, epoch, variant and
+(docs/method.md §5), so it is computed once and reused by every training step, epoch, variant and
 evaluation. States are stored unpadded in float32 (so the cached path equals a plain forward),
 in safetensors shards; each `get_or_compute` that has new texts writes one new shard atomically.
 """

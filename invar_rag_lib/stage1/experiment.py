@@ -212,7 +212,7 @@ def train_variant(profile: Profile, bench: Benchmark, prepared: Prepared, name: 
 def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
                  variants: dict[str, Objective | None] | None = None, log=print,
                  evaluation: Evaluation | None = None) -> dict:
-    """Train and score `variants` (default: llm-zero + every objective of METHOD.md §1)."""
+    """Train and score `variants` (default: llm-zero + every objective of docs/method.md §1)."""
     stage, cfg = prepared.stage, profile.retrieval
     variants = variants or {"llm-zero": None, **variant_objectives(profile)}
     ev = evaluation or Evaluation(profile, bench, stage, log=log)

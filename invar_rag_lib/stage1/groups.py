@@ -1,4 +1,4 @@
-"""Training groups G(q) (METHOD.md §1): positives plus MiniLM hard negatives, with coarse scores.
+"""Training groups G(q) (docs/method.md §1): positives plus MiniLM hard negatives, with coarse scores.
 
 For each training question, `K(q)` = MiniLM's top `coarse_candidates` passages. Positives are gold
 passages (NQ oracle, WikiQA label-1 sentences) and passages among MiniLM's top `positive_depth` that

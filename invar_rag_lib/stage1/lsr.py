@@ -1,4 +1,4 @@
-"""LSR scores (METHOD.md §1, as in REPLUG): how much a passage helps the *base* LM say the answer.
+"""LSR scores (docs/method.md §1, as in REPLUG): how much a passage helps the *base* LM say the answer.
 
 ℓ_e(d) = mean over answer tokens of log P_M(y | prompt_e(d, q)), with the adapter disabled, for
 every training group, environment and group member; computed once and cached on disk (keyed by

@@ -34,7 +34,7 @@ from .environments import Environment
 @dataclass(frozen=True)
 class Objective:
     """Weights of the loss terms: L = c L_ctr + α L_align + λ L_inv + μ KL(Q_orig ‖ P_θ) (c = 1 in
-    every variant of METHOD.md; c = 0 only in the sweep's "alignment alone" point)."""
+    every variant of docs/method.md; c = 0 only in the sweep's "alignment alone" point)."""
     ctr: float = 1.0
     alpha: float = 0.0
     lam: float = 0.0
@@ -47,7 +47,7 @@ class Objective:
 
 
 def variant_objectives(profile: Profile) -> dict[str, Objective]:
-    """The trained retriever variants of METHOD.md §1 (ASCII names; tables print − for -)."""
+    """The trained retriever variants of docs/method.md §1 (ASCII names; tables print − for -)."""
     s = profile.stage1
     return {
         "llm-ctr": Objective(),

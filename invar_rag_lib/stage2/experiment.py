@@ -4,7 +4,7 @@
 (notebook 04's checkpoint when its config and data match, else trains it the same way), (2) ranks
 MiniLM's candidates with it for the evaluation and generator-training questions once and saves that
 run (`data/runs/<profile>/<variant>.json`), (3) trains the `generator` adapter on cached trunk
-states, and (4) scores the generation rows of METHOD.md §2. Generated answers are cached on disk,
+states, and (4) scores the generation rows of docs/method.md §2. Generated answers are cached on disk,
 keyed by the model, the adapter weights and the exact prompt.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generation prompts (METHOD.md §2): instruction + n-shot demonstrations + top-k passages + question.
+"""Generation prompts (docs/method.md §2): instruction + n-shot demonstrations + top-k passages + question.
 
 A prompt is kept as two token lists, `prefix` (instruction and demonstrations, the same for every
 question) and `suffix` (passages and question), tokenized separately and concatenated. Training,

@@ -1,4 +1,4 @@
-"""Training the `generator` adapter (METHOD.md §2) on cached trunk states.
+"""Training the `generator` adapter (docs/method.md §2) on cached trunk states.
 
 The adapter has the retriever's LoRA shape, on the same top `L` layers, so the layers below are
 frozen for it too: a training sequence (prompt + " " + first gold answer + EOS) goes through the
