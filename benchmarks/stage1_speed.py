@@ -24,7 +24,7 @@ from invar_rag_lib.io_utils import atomic_write_json
 from invar_rag_lib.llm.encoder import encode_full, tokenize, trunk_states
 from invar_rag_lib.paths import reports_dir
 from invar_rag_lib.stage1.pipeline import RetrieverStage
-from invar_rag_lib.stage1.train import TopEncoder
+from invar_rag_lib.llm.retriever import TopEncoder
 
 
 def matmul_peak(n: int = 2048, repeats: int = 8) -> float:

@@ -194,8 +194,3 @@ def invariance_loss(student_scores_env: Tensor, lsr_logq: Tensor, group_mask: Te
         "n_queries": int((inv.sum(dim=-1) >= 2).sum()),
     }
     return loss, diagnostics
-
-
-def total_loss(l_ctr: Tensor, l_align: Tensor, l_inv: Tensor, alpha: float, lam: float) -> Tensor:
-    """L = L_ctr + α · L_align + λ · L_inv (spec defaults α = 1, λ = 0.5). Scalars in, scalar out."""
-    return l_ctr + alpha * l_align + lam * l_inv

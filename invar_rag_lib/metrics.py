@@ -108,16 +108,6 @@ class AnswerIndex:
         return bool(self.passages_with_answer(answers))
 
 
-def first_hit_rank(ranked_texts: Sequence[str], answers: Sequence[str]) -> int | None:
-    """1-based rank of the first text containing an answer, or None."""
-    answer_tokens = _answer_token_lists(answers)
-    for rank, text in enumerate(ranked_texts, start=1):
-        text_tokens = dpr_tokens(text)
-        if any(_contains(text_tokens, a) for a in answer_tokens):
-            return rank
-    return None
-
-
 # ---------------------------------------------------------------------------
 # SQuAD-style answer metrics
 # ---------------------------------------------------------------------------
@@ -239,8 +229,3 @@ def paired_bootstrap_pvalue(a: Sequence[float], b: Sequence[float],
     boot = _resampled_means(diffs, n_resamples, np.random.default_rng(seed))
     share = np.mean(np.sign(boot) != np.sign(observed))
     return float(min(1.0, 2.0 * share))
-
-
-def summarize(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Mean with a 95% bootstrap CI: the dict from ``bootstrap_ci``."""
-    return bootstrap_ci(values, n_resamples=n_resamples, seed=seed)

@@ -3,10 +3,15 @@ import pytest
 import torch
 
 from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
-from invar_rag_lib.llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, encode_from_trunk,
-                                       encode_full, format_passage, format_query, last_token_pool,
+from invar_rag_lib.llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, encode_full, format_passage, format_query, last_token_pool,
                                        split_point, tokenize, trunk_states)
+from invar_rag_lib.llm.retriever import TopEncoder
 from invar_rag_lib.llm.trunk_cache import TrunkCache, trunk_fingerprint
+
+
+def encode_from_trunk(model, states, split, side="left", pooling="eos"):
+    """h(x) from trunk states by the retriever module that training and evaluation use."""
+    return TopEncoder(model, split, side, pooling).encode(states)
 
 TEXTS = [format_query("who wrote the iliad"),
          format_passage("Iliad", "The Iliad is an ancient Greek epic poem attributed to Homer. " * 3),

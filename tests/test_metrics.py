@@ -16,12 +16,10 @@ from invar_rag_lib.metrics import (
     dpr_tokens,
     exact_match,
     f1,
-    first_hit_rank,
     has_answer,
     normalize_answer,
     paired_bootstrap_pvalue,
     substring_acc,
-    summarize,
 )
 
 NFC = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
@@ -143,18 +141,6 @@ def test_answer_index_agrees_on_random_corpus():
         assert index.passages_with_answer(answers) == expected
 
 
-# ------------------------------------------------------------- first_hit_rank
-
-def test_first_hit_rank():
-    ranked = ["nothing", "concatenate", "the cat", "another cat"]
-    assert first_hit_rank(ranked, ["cat"]) == 3
-    assert first_hit_rank(ranked, ["dog"]) is None
-    assert first_hit_rank(["dog"], ["cat", "dog"]) == 1
-    assert first_hit_rank([], ["cat"]) is None
-    with pytest.raises(ValueError):
-        first_hit_rank(ranked, "cat")
-
-
 # ------------------------------------------------------------------- acc_at_k
 
 def test_acc_at_k():
@@ -228,7 +214,6 @@ def test_bootstrap_ci_deterministic_and_contains_mean():
     assert r1["mean"] == pytest.approx(values.mean())
     assert r1["low"] < r1["mean"] < r1["high"]
     assert bootstrap_ci(values, seed=4) != r1
-    assert summarize(values, seed=3) == r1
 
 
 def test_bootstrap_ci_constant_and_width():
@@ -281,7 +266,6 @@ def test_paired_pvalue_matches_definition():
         lambda: paired_bootstrap_pvalue([1.0, 0.0], [1.0, 0.0, 1.0]),
         lambda: paired_bootstrap_pvalue([], []),
         lambda: bootstrap_ci([]),
-        lambda: summarize([]),
         lambda: bootstrap_ci([1.0], confidence=1.5),
         lambda: bootstrap_ci([1.0], n_resamples=0),
     ],

@@ -7,12 +7,12 @@ import torch
 
 from invar_rag_lib.config import ConfigError, load_profile
 from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
-from invar_rag_lib.llm.encoder import (add_retriever_adapter, encode_from_trunk, encode_full, mean_pool,
-                                       tokenize, trunk_states)
+from invar_rag_lib.llm.encoder import add_retriever_adapter, encode_full, mean_pool, tokenize, trunk_states
 from invar_rag_lib.losses import contrastive_loss
 from invar_rag_lib.retrieval.harness import paired_pvalue_at_k, random_ranking, random_ranking_from_counts
 from invar_rag_lib.stage1.environments import Environment
-from invar_rag_lib.stage1.train import Objective, TopEncoder, TrainingData, env_batch, train_retriever
+from invar_rag_lib.llm.retriever import TopEncoder
+from invar_rag_lib.stage1.train import Objective, TrainingData, env_batch, train_retriever
 
 
 def test_mean_pool_ignores_padding_on_either_side():
@@ -32,7 +32,7 @@ def test_mean_pooled_trunk_path_equals_plain_forward(side):
     batch = tokenize(tok, texts, 16, side)
     with torch.no_grad():
         plain = encode_full(model, batch, pooling="mean")
-        cached = encode_from_trunk(model, trunk_states(model, batch, 2), 2, side, pooling="mean")
+        cached = TopEncoder(model, 2, side, "mean").encode(trunk_states(model, batch, 2))
         eos = encode_full(model, batch, pooling="eos")
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(plain, eos)  # the two poolings are different representations

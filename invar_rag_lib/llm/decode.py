@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from ..progress import progress
+from .padding import pad_id, pad_token_rows
 
 _STOP_IDS: dict[int, frozenset[int]] = {}
 
@@ -117,7 +118,7 @@ def _greedy_decode(model, tokenizer, prompts, max_new_tokens, batch_size, share_
     stats = stats if stats is not None else DecodeStats()
     device = _model_device(model)
     stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     pairs = [prompt_ids(tokenizer, p) for p in prompts]
     cached = None
     if share_prefix:
@@ -134,12 +135,7 @@ def _greedy_decode(model, tokenizer, prompts, max_new_tokens, batch_size, share_
     out: list[str] = [""] * len(prompts)
     for lo in progress(range(0, len(order), batch_size), "decoding", unit="batch"):
         idx = order[lo:lo + batch_size]
-        width = max(len(bodies[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(bodies[i]):] = torch.tensor(bodies[i])
-            mask[row, width - len(bodies[i]):] = 1
+        ids, mask = pad_token_rows([bodies[i] for i in idx], pad, "left")
         stats.prompt_tokens += int(mask.sum())
         cache = None
         if cached is not None:

@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .padding import pad_id, pad_token_rows
+
 RETRIEVER_ADAPTER = "retriever"
 
 
@@ -66,15 +68,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int, padding_side: str = 
         raise ValueError("the tokenizer has no EOS token; the representation is read at the EOS")
     ids = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_len - 1)["input_ids"]
            + [tokenizer.eos_token_id] for t in texts]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        sl = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, sl] = torch.tensor(row)
-        mask[i, sl] = 1
-    return Batch(input_ids, mask)
+    return Batch(*pad_token_rows(ids, pad_id(tokenizer), padding_side))
 
 
 def decoder_of(model):
@@ -133,25 +127,6 @@ def trunk_states(model, batch: Batch, split: int) -> list[torch.Tensor]:
     hidden = decoder.embed_tokens(batch.input_ids)
     hidden = run_layers(decoder, hidden, batch.attention_mask, 0, split, final_norm=False).float()
     return [h[m.bool()].clone() for h, m in zip(hidden, batch.attention_mask)]
-
-
-def pad_states(states: Sequence[torch.Tensor], padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(s.shape[0] for s in states)
-    dim = states[0].shape[1]
-    hidden = torch.zeros(len(states), width, dim, dtype=states[0].dtype)
-    mask = torch.zeros(len(states), width, dtype=torch.long)
-    for i, s in enumerate(states):
-        sl = slice(width - len(s), width) if padding_side == "left" else slice(0, len(s))
-        hidden[i, sl] = s
-        mask[i, sl] = 1
-    return hidden, mask
-
-
-def encode_from_trunk(model, states: Sequence[torch.Tensor], split: int,
-                      padding_side: str = "left", pooling: str = "eos") -> torch.Tensor:
-    """h(x) from cached trunk states: only layers [split, N) run (with the LoRA adapter)."""
-    hidden, mask = pad_states(states, padding_side)
-    return encode_hidden(model, hidden, mask, split, pooling)
 
 
 def lora_config(model, lora_layers: int, r: int, alpha: int, dropout: float, target_modules: Sequence[str]):

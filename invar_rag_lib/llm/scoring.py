@@ -11,6 +11,7 @@ import torch
 
 from ..progress import progress
 from .encoder import positions_from_mask
+from .padding import pad_id, pad_token_rows
 
 
 def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -38,20 +39,16 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
         if max_prompt_tokens and len(p) > max_prompt_tokens:
             p = p[-max_prompt_tokens:]
         pairs.append((p, a))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, lm_head = inner.model, inner.lm_head
     out = torch.empty(len(pairs))
     for idx in progress(_length_batches([len(p) + len(a) for p, a in pairs], batch_size), "LSR scores",
                         unit="batch"):
-        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        target = torch.zeros((len(idx), width), dtype=torch.bool)
+        ids, mask = pad_token_rows([pairs[i][0] + pairs[i][1] for i in idx], pad, "right")
+        target = torch.zeros_like(mask, dtype=torch.bool)
         for row, i in enumerate(idx):
             p, a = pairs[i]
-            ids[row, : len(p) + len(a)] = torch.tensor(p + a)
-            mask[row, : len(p) + len(a)] = 1
             target[row, len(p): len(p) + len(a)] = True
         hidden = decoder(input_ids=ids, attention_mask=mask,
                          position_ids=positions_from_mask(mask)).last_hidden_state

@@ -23,7 +23,8 @@ from .groups import Group
 from .lsr import compute_lsr
 from .rewrites import make_rewrites
 from ..training import lora_state
-from .train import TopEncoder, TrainingData
+from ..llm.retriever import TopEncoder
+from .train import TrainingData
 
 
 class RetrieverStage:

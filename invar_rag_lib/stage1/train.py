@@ -25,7 +25,8 @@ from ..config import Profile
 from ..io_utils import jsonable
 from ..paths import shown
 from ..progress import step_bar
-from ..llm.encoder import RETRIEVER_ADAPTER, encode_hidden, pad_states
+from ..llm.encoder import RETRIEVER_ADAPTER
+from ..llm.retriever import TopEncoder, encode_states, group_scores
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, save_checkpoint)
 from .environments import Environment
@@ -70,37 +71,6 @@ class TrainingData:
 
     def __len__(self) -> int:
         return self.coarse.shape[0]
-
-
-class TopEncoder(torch.nn.Module):
-    """The trainable part: decoder layers [split, N) + norm + pooling, fed trunk states; with a
-    `projection` W ([D, D']), h(x) = normalize(W^T h_pooled(x)) (a fixed map, not trained)."""
-
-    def __init__(self, model, split: int, padding_side: str = "left", pooling: str = "eos",
-                 projection: torch.Tensor | None = None):
-        super().__init__()
-        self.model, self.split, self.padding_side, self.pooling = model, split, padding_side, pooling
-        self.projection = projection
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        rep = encode_hidden(self.model, hidden, mask, self.split, self.pooling)
-        if self.projection is None:
-            return rep
-        return torch.nn.functional.normalize(rep @ self.projection.to(rep.device), dim=-1)
-
-    def encode(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        return encode_states(self, states, self.padding_side)
-
-
-def encode_states(encoder, states: Sequence[torch.Tensor], padding_side: str) -> torch.Tensor:
-    """Pad and run through `encoder.__call__`, so a DDP wrapper sees the forward (and syncs grads)."""
-    hidden, mask = pad_states(states, padding_side)
-    return encoder(hidden, mask)
-
-
-def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, tau_r: float) -> torch.Tensor:
-    """s_θ(q, d) for each query's own group: q_reps [B, D], p_reps [B*G, D] (grouped) -> [B, G]."""
-    return torch.einsum("bd,bgd->bg", q_reps, p_reps.view(q_reps.shape[0], -1, q_reps.shape[1])) / tau_r
 
 
 def _env_scores(encoder, data: TrainingData, idx: list[int], envs, tau_r: float, padding_side: str):

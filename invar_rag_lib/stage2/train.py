@@ -27,6 +27,7 @@ from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_stat
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, save_checkpoint)
 from ..llm.decode import Prompt, prompt_ids
+from ..llm.padding import pad_id, pad_states, pad_token_rows
 
 GENERATOR_ADAPTER = "generator"
 _SEP = "\x1f"  # joins prompt and answer into one trunk-cache key
@@ -72,13 +73,10 @@ class GeneratorTop(torch.nn.Module):
 
 
 def _pad_right(states: Sequence[torch.Tensor], ids: Sequence[list[int]], n_target: Sequence[int]):
-    width = max(s.shape[0] for s in states)
-    hidden = torch.zeros(len(states), width, states[0].shape[1])
-    mask = torch.zeros(len(states), width, dtype=torch.long)
-    labels = torch.full((len(states), width), -100, dtype=torch.long)
-    for i, (s, row, t) in enumerate(zip(states, ids, n_target)):
-        hidden[i, :len(s)] = s
-        mask[i, :len(s)] = 1
+    """Right-padded states and mask, and labels that are the target tokens (-100 elsewhere)."""
+    hidden, mask = pad_states(states, "right")
+    labels = torch.full(mask.shape, -100, dtype=torch.long)
+    for i, (row, t) in enumerate(zip(ids, n_target)):
         labels[i, len(row) - t:len(row)] = torch.tensor(row[len(row) - t:])
     return hidden, mask, labels
 
@@ -99,17 +97,10 @@ class GeneratorData:
 
     @cached_property
     def states(self) -> list[torch.Tensor]:
-        tok, by_key = self.stage.tokenizer, dict(zip(self.keys, self.ids))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        by_key, pad = dict(zip(self.keys, self.ids)), pad_id(self.stage.tokenizer)
 
         def compute(keys):
-            rows = [by_key[k] for k in keys]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-                mask[i, :len(r)] = 1
+            ids, mask = pad_token_rows([by_key[k] for k in keys], pad, "right")
             return trunk_states(self.stage.model, Batch(ids, mask), self.stage.split)
 
         # max_len 0 marks "whole generator sequence" in the cache key (no truncation).

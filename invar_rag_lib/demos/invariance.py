@@ -5,7 +5,7 @@ import torch
 
 from .. import losses
 from ..config import Profile
-from .train import encode_states, group_scores
+from ..llm.retriever import encode_states, group_scores
 
 
 def summarize(profile: Profile, prepared, n_examples: int = 3) -> dict:

@@ -9,12 +9,13 @@ from .. import losses
 from ..config import Profile
 from ..data import Benchmark
 from ..llm.encoder import POOLINGS, encode_full, tokenize
+from ..llm.retriever import group_scores
 from ..paths import data_dir
 from ..retrieval.harness import evaluate_run, random_ranking
-from .experiment import validation_set
-from .groups import build_groups, training_split
-from .pipeline import RetrieverStage
-from .train import Objective, TrainingData, group_scores, train_retriever
+from ..stage1.experiment import validation_set
+from ..stage1.groups import build_groups, training_split
+from ..stage1.pipeline import RetrieverStage
+from ..stage1.train import Objective, TrainingData, train_retriever
 
 DEMO_GROUPS = 128  # the demonstration trains on this many groups only (the real runs: notebook 04)
 
