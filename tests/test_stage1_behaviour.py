@@ -1,0 +1,84 @@
+"""Behaviour of the stage-1 building blocks on the tiny benchmark: training groups, the rerank,
+and the LSR scores with their cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_profile_dict
+
+
+@pytest.fixture(scope="module")
+def tiny(built_tiny, tmp_path_factory):
+    """(profile, bench, prepared): stage 1 prepared once on the tiny benchmark (LLM rewrites off)."""
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.stage1.experiment import prepare
+
+    _, bench = built_tiny
+    root = tmp_path_factory.mktemp("stage1")
+    values = tiny_profile_dict(root / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 2,
+                           "rerank_depth": 8}
+    values["stage1"] = {"train_questions": 8, "val_questions": 2, "coarse_candidates": 6, "group_size": 3,
+                        "env_questions": 4, "env_group_size": 2, "env_batch_size": 2, "rewrite_method": "rules",
+                        "windows": [12], "epochs": 1, "batch_size": 2, "warmup_steps": 1}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INVAR_RAG_HOME", str(root / "home"))
+        profile = profile_from_dict(values)
+        yield profile, bench, prepare(profile, bench, log=lambda *a: None)
+
+
+def test_groups_put_answer_bearing_positives_first_and_answer_free_negatives_after(tiny):
+    from invar_rag_lib.metrics import has_answer
+
+    profile, bench, prepared = tiny
+    text = {row["id"]: row["text"] for row in bench.corpus}
+    assert prepared.all_groups
+    for g in prepared.all_groups:
+        assert len(g.passage_ids) == profile.stage1.group_size == len(g.positive) == len(g.coarse_scores)
+        n_pos = sum(g.positive)
+        assert 1 <= n_pos and g.positive == [True] * n_pos + [False] * (len(g.positive) - n_pos)
+        for pid, pos in zip(g.passage_ids, g.positive):
+            assert has_answer(text[pid], g.answers) or not pos or pid.startswith("nqgold")
+            if not pos:
+                assert not has_answer(text[pid], g.answers)  # a hard negative never holds an answer
+        assert any(has_answer(text[p], [g.target_answer]) for p, pos in zip(g.passage_ids, g.positive) if pos) \
+            or g.target_answer == g.answers[0]
+        negs = [s for s, pos in zip(g.coarse_scores, g.positive) if not pos]
+        assert negs == sorted(negs, reverse=True)  # hard negatives in MiniLM's order
+
+
+def test_rerank_orders_each_questions_candidates_by_the_score(tiny):
+    _, bench, prepared = tiny
+    stage = prepared.stage
+    questions = bench.eval_records("nq")[:3]
+    pids = [row["id"] for row in bench.corpus][:10]
+    cands = {q["id"]: pids[i:i + 6] for i, q in enumerate(questions)}
+    run = stage.rerank(questions, cands, depth=5)
+    for q in questions:
+        got = run[q["id"]]
+        assert sorted(got) == sorted(cands[q["id"]][:5])  # a permutation of the first `depth`
+        qr = stage.query_reps([stage.query_text(q["question"])])[0]
+        scores = stage.passage_reps(got) @ qr
+        assert torch.all(scores[:-1] >= scores[1:] - 1e-6)
+
+
+def test_lsr_scores_equal_the_answer_loglikelihoods_and_are_cached(tiny, tmp_path, monkeypatch):
+    from invar_rag_lib.llm import scoring
+    from invar_rag_lib.stage1.lsr import compute_lsr, lsr_prompts
+
+    profile, _, prepared = tiny
+    stage, groups = prepared.stage, prepared.groups[:2]
+    path = tmp_path / "lsr.json"
+    args = (stage.model, stage.tokenizer, groups, stage.envs, prepared.rewrites, stage.passages,
+            profile.stage1.lsr_prompt, path, "fp")
+    values = compute_lsr(*args, log=lambda *a: None)
+    assert values.shape == (len(stage.envs), len(groups), len(groups[0].passage_ids))
+    prompts = lsr_prompts(stage.tokenizer, groups, stage.envs, prepared.rewrites, stage.passages,
+                          profile.stage1.lsr_prompt)
+    answers = [g.target_answer for _ in stage.envs for g in groups for _ in g.passage_ids]
+    with stage.model.disable_adapter():
+        direct = scoring.answer_logliks(stage.model, stage.tokenizer, prompts[:3], answers[:3])
+    torch.testing.assert_close(values.flatten()[:3], direct, atol=1e-5, rtol=0)
+    monkeypatch.setattr(scoring, "answer_logliks", lambda *a, **k: pytest.fail("scored again"))
+    torch.testing.assert_close(compute_lsr(*args, log=lambda *a: None), values)
