@@ -45,6 +45,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def micro_batch(order: list[int], step_in_epoch: int, micro: int, world: int, rank: int,
+                accum_index: int = 0, grad_accum: int = 1) -> list[int]:
+    """The examples of one process's micro-batch: a global batch is `micro × world × grad_accum`
+    consecutive positions of the epoch's `order`; accumulation step `a` of process `r` reads the
+    `(a × world + r)`-th block of `micro`. The blocks of one global batch are disjoint and cover it,
+    so W processes compute what one process computes with grad_accum = W."""
+    start = ((step_in_epoch * grad_accum + accum_index) * world + rank) * micro
+    return order[start:start + micro]
+
+
 def lora_state(model, adapter_name: str) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 

@@ -105,3 +105,16 @@ def test_two_processes_match_one_process_with_accumulation(uninterrupted, tmp_pa
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0)
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in one_history], abs=1e-4)
+
+
+def test_micro_batches_of_processes_and_accumulation_steps_partition_the_global_batch():
+    from invar_rag_lib.training import micro_batch
+
+    order = list(range(100, 148))
+    for world, accum in ((1, 1), (2, 1), (1, 2), (2, 3)):
+        for step in range(2):
+            blocks = [micro_batch(order, step, 4, world, r, a, accum) for a in range(accum) for r in range(world)]
+            flat = [i for b in blocks for i in b]
+            size = 4 * world * accum
+            assert flat == sorted(flat) == order[step * size:(step + 1) * size]  # disjoint, covering, in order
+    assert micro_batch(order, 0, 4, 2, 1, 1, 2) == micro_batch(order, 0, 4, 4, 3)  # accumulation = more processes

@@ -12,6 +12,7 @@ continues from the latest one to the same result as an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..progress import step_bar
 from ..llm.encoder import RETRIEVER_ADAPTER
 from ..llm.retriever import TopEncoder, encode_states, group_scores
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
-                        load_adapter, load_checkpoint, save_checkpoint)
+                        load_adapter, load_checkpoint, micro_batch, save_checkpoint)
 from .environments import Environment
 
 
@@ -153,7 +154,9 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     s1, rc = profile.stage1, profile.retriever
     out_dir = Path(out_dir)
     set_seed(profile.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=s1.grad_accum, cpu=not torch.cuda.is_available())
+    # Gradient accumulation is written out below (loss / grad_accum, no all-reduce until the last
+    # micro-batch, one optimizer step), so accelerate is not asked to accumulate.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     encoder = TopEncoder(model, split, rc.padding_side, rc.pooling, projection)
     if env_data is not None and not (objective.lsr or objective.lam):
         env_data = None  # this objective has no environment term
@@ -189,23 +192,22 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         order = epoch_order(len(data), profile.seed, epoch)
-        start = (in_epoch * s1.grad_accum * world + rank) * micro
         logs_acc: list[dict] = []
         for a in range(s1.grad_accum):
-            lo = start + a * world * micro
             env_idx = None if env_data is None else env_batch(
                 len(env_data), s1.env_batch_size, profile.seed, (step * s1.grad_accum + a) * world + rank)
-            with accelerator.accumulate(encoder):
-                loss, logs = batch_loss(encoder, data, order[lo:lo + micro], objective, rc.tau_r,
+            last = a == s1.grad_accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(encoder):
+                loss, logs = batch_loss(encoder, data, micro_batch(order, in_epoch, micro, world, rank, a, s1.grad_accum),
+                                        objective, rc.tau_r,
                                         s1.tau_c, rc.padding_side, env_data, env_idx)
-                accelerator.backward(loss)
-                logs_acc.append(logs)
-                if accelerator.sync_gradients or a == s1.grad_accum - 1:
-                    accelerator.clip_grad_norm_(params, s1.max_grad_norm)
-                    for group in optimizer.param_groups:
-                        group["lr"] = get_lr(step, s1.lr, s1.warmup_steps, total_steps)
-                optimizer.step()
-                optimizer.zero_grad()
+                accelerator.backward(loss / s1.grad_accum)  # gradients sum to the global-batch mean
+            logs_acc.append(logs)
+        accelerator.clip_grad_norm_(params, s1.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(step, s1.lr, s1.warmup_steps, total_steps)
+        optimizer.step()  # one step per global batch of batch_size x processes x grad_accum queries
+        optimizer.zero_grad()
         local = torch.tensor([float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]])
         means = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()
         record = {"step": step + 1, "lr": get_lr(step, s1.lr, s1.warmup_steps, total_steps),

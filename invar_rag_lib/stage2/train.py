@@ -25,7 +25,7 @@ from ..paths import shown
 from ..progress import step_bar
 from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
-                        load_adapter, load_checkpoint, save_checkpoint)
+                        load_adapter, load_checkpoint, micro_batch, save_checkpoint)
 from ..llm.decode import Prompt, prompt_ids
 from ..llm.padding import pad_id, pad_states, pad_token_rows
 
@@ -139,13 +139,15 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         p.requires_grad_(f".{GENERATOR_ADAPTER}." in n)
     optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=0.0)
     top, optimizer = accelerator.prepare(top, optimizer)
-    per_epoch = len(data) // g.batch_size
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = len(data) // (g.batch_size * world)  # whole global batches; each process reads its share
     total_steps = per_epoch * g.epochs
     if total_steps == 0:
-        raise ValueError(f"{len(data)} generator examples are fewer than one batch of {g.batch_size}")
+        raise ValueError(f"{len(data)} generator examples are fewer than one global batch of "
+                         f"{g.batch_size} x {world} processes")
     lora = {k: getattr(profile.retriever, k) for k in ("lora_layers", "lora_r", "lora_alpha", "lora_dropout",
                                                        "lora_targets")}
-    config = {"generator": asdict(g), "lora": lora, "seed": profile.seed, "total_steps": total_steps,
+    config = {"generator": asdict(g), "lora": lora, "seed": profile.seed, "total_steps": total_steps, "processes": world,
               "data_key": data_key or data.key()}
     config = jsonable(config)
     unwrapped = accelerator.unwrap_model(top).model
@@ -167,8 +169,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         order = epoch_order(len(data), profile.seed, epoch)
-        idx = order[in_epoch * g.batch_size:(in_epoch + 1) * g.batch_size]
-        loss = top(*data.batch(idx))
+        loss = top(*data.batch(micro_batch(order, in_epoch, g.batch_size, world, rank)))
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, g.max_grad_norm)
         lr = get_lr(step, g.lr, g.warmup_steps, total_steps)
@@ -176,7 +177,8 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad()
-        history.append({"step": step + 1, "lr": lr, "loss": float(loss.detach())})
+        mean_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean")  # over processes
+        history.append({"step": step + 1, "lr": lr, "loss": float(mean_loss.cpu())})
         bar.update(loss=history[-1]["loss"])
         step += 1
         if (step % g.checkpoint_every == 0 or step == total_steps) and accelerator.is_main_process:
