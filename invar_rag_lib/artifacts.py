@@ -18,6 +18,7 @@ from . import claims, figures, study_figures, study_tables, tables
 from .io_utils import atomic_write_text
 from .paths import repo_root
 from .reporting import Reports, fmt_ci
+from .tables import HEADLINE_K
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def _p_vs_ctr(r: dict) -> pd.DataFrame:
     return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].round(3).rename_axis("retriever / dataset")
 
 
-def _floors(r: dict, k: int = 5) -> pd.DataFrame:
+def _floors(r: dict, k: int = HEADLINE_K) -> pd.DataFrame:
     """acc@k of every LLM variant beside its two floors (the random rerank and the untrained
     model), with paired p-values, and the collapse check (mean pairwise cosine of h(d))."""
     n_res = r["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
@@ -138,12 +139,12 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("04_floors", "table", ("04_retriever/retrieval",), _floors,
       "Each LLM variant against its floors: the exact expected acc@5 of a random rerank of the same candidates and the untrained llm-zero (paired bootstrap p-values), and the mean pairwise cosine of passage representations (near 1 = collapse).",
       lambda r: f"LLM retrievers against their floors, acc@5 (%), {_profile(r)} profile, {r['mode']}, pooling {r.get('pooling', 'eos')}"),
-    A("04_stability", "table", ("04_retriever/retrieval",), lambda r: tables.stability_table(r, k=5),
+    A("04_stability", "table", ("04_retriever/retrieval",), lambda r: tables.stability_table(r, k=HEADLINE_K),
       "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
       lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
     A("04-acc-at-k", "figure", ("04_retriever/retrieval",), figures.acc_at_k_curves,
       "acc@k against k for every retriever variant."),
-    A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: figures.stability_bars(r, k=5),
+    A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: figures.stability_bars(r, k=HEADLINE_K),
       "Stability across a question and its rewrites, per retriever: Jaccard@5 of the top-5 sets (higher = more stable) and the std of hit@5 (lower = more stable), with 95% intervals."),
     A("04-loss-curves", "figure", ("04_retriever/retrieval",), figures.loss_curves,
       "Training loss and its terms per step for every trained variant."),

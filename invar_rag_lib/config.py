@@ -68,7 +68,8 @@ class RetrieverConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    encode_batch_size: int = 16
+    encode_batch_size: int = 16  # texts per frozen-trunk forward
+    score_batch_size: int = 64  # trunk states per top-layer forward when scoring (rerank, full, checks)
     mode: str = "rerank"  # rerank: score MiniLM's top `rerank_depth`; full: encode the whole corpus
     rerank_depth: int = 100
 
@@ -150,6 +151,8 @@ class GeneratorConfig:
     max_grad_norm: float = 1.0
     max_new_tokens: int = 16
     checkpoint_every: int = 20  # steps between generator checkpoints (and at the end)
+    weight_decay: float = 0.0  # AdamW's, on the generator adapter
+    trunk_batch_size: int = 8  # training sequences per frozen-trunk forward (they are long: ~190 tokens + demos)
     generate_batch_size: int = 16
     decode_attention: str = "sdpa"  # attention kernel while decoding ("eager" | "sdpa"); sdpa is faster on CPU
 

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .tables import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
+from .tables import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers  # noqa: E402
 
 SOURCE_NAMES = {"wiki18": "wiki-18 passages (retrieved for eval pool)", "nqgold": "NQ gold passages",
                 "wikiqa": "WikiQA sentences", "wikisum": "Wikipedia summaries (distractors)"}
@@ -156,7 +156,7 @@ def loss_curves(results: dict):
     return fig
 
 
-def stability_bars(results: dict, k: int = 5):
+def stability_bars(results: dict, k: int = HEADLINE_K):
     """04: the variance claim per retriever: Jaccard@k of the top-k sets of a question and its
     rewrites (↑) and the std of hit@k across them (↓), with 95% bootstrap intervals."""
     sns.set_theme(style="whitegrid", context="notebook")

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .study_tables import METRIC_NAMES, _rows, point_label  # noqa: E402
-from .tables import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
+from .tables import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers  # noqa: E402
 
 
 def generator_loss(results: dict):
@@ -59,7 +59,7 @@ def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
     return fig
 
 
-def ablation_curves(results: dict, k: int = 5):
+def ablation_curves(results: dict, k: int = HEADLINE_K):
     """07: acc@k and the rewrite-stability Jaccard@k against λ and against R, per dataset."""
     sns.set_theme(style="whitegrid", context="notebook")
     axes_of = [("lambda", "λ (weight of L_inv)"), ("rewrites", "R (rewrites per training question)")]
@@ -92,7 +92,7 @@ def ablation_curves(results: dict, k: int = 5):
     return fig
 
 
-def stability_all(variants: dict, ablations: dict, k: int = 5):
+def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
     """07: the variance claim for every retriever: Jaccard@k ↑ and std of hit@k across the question
     and its rewrites ↓, for BM25, MiniLM, every variant of notebook 04 and every ablation point."""
     sns.set_theme(style="whitegrid", context="notebook")

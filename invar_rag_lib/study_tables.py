@@ -5,7 +5,7 @@ import pandas as pd
 
 from .reporting import fmt_ci
 from .stage2 import ROWS
-from .tables import DATASET_NAMES, display_name, ordered, ordered_retrievers
+from .tables import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers
 
 METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in the top-k passages",
                 "window_hit": "answer in the shown windows"}
@@ -96,7 +96,7 @@ def point_label(point: dict) -> str:
     return display_name(point["name"])
 
 
-def ablation_table(results: dict, k: int = 5) -> pd.DataFrame:
+def ablation_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
     """One row per ablation point: acc@k (%, 95% CI, † = p < 0.05 against `invar`) and Jaccard@k of
     the top-k sets between each question and its rewrites, per dataset."""
     table = {}
@@ -114,7 +114,7 @@ def ablation_table(results: dict, k: int = 5) -> pd.DataFrame:
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("ablation")
 
 
-def variance_claim_table(variants: dict, k: int = 5, model: str = "invar", baseline: str = "llm-ctr") -> pd.DataFrame:
+def variance_claim_table(variants: dict, k: int = HEADLINE_K, model: str = "invar", baseline: str = "llm-ctr") -> pd.DataFrame:
     """The paper's variance claim tested per dataset: `model` against `baseline` on the per-question
     std of hit@k across environments (↓) and Jaccard@k to the rewrites (↑), with the paired
     bootstrap p-value of the difference."""

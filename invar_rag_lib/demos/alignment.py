@@ -52,7 +52,8 @@ def group_distributions(stage: RetrieverStage, data: TrainingData, tau_r: float,
     q = enc.encode(data.query_states[0])
     window = max(data.passage_states)
     flat = [s for group in data.passage_states[window] for s in group]
-    p = torch.cat([enc.encode(flat[i:i + 64]) for i in range(0, len(flat), 64)])
+    size = stage.profile.retriever.score_batch_size
+    p = torch.cat([enc.encode(flat[i:i + size]) for i in range(0, len(flat), size)])
     n, g = data.coarse.shape
     scores = group_scores(q, p, tau_r)
     mask = torch.ones(n, g, dtype=torch.bool)

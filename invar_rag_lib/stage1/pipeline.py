@@ -157,7 +157,7 @@ class RetrieverStage:
             enc = self.encoder().eval()
             with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
                 states = self.states([self.passage_text(p) for p in todo], rc.max_len)
-                reps = torch.cat([enc.encode(chunk) for chunk in _chunks(states, 64)])
+                reps = torch.cat([enc.encode(chunk) for chunk in _chunks(states, rc.score_batch_size)])
             memo.update(zip(todo, reps))
         return torch.stack([memo[p] for p in pids])
 
@@ -167,7 +167,7 @@ class RetrieverStage:
         enc = self.encoder().eval()
         with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
             states = self.states(list(texts), self.profile.retriever.query_max_len)
-            return torch.cat([enc.encode(chunk) for chunk in _chunks(states, 64)])
+            return torch.cat([enc.encode(chunk) for chunk in _chunks(states, self.profile.retriever.score_batch_size)])
 
     @torch.no_grad()
     def rerank(self, questions: Sequence[dict], candidates: dict[str, list[str]], depth: int,

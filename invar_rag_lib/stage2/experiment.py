@@ -37,6 +37,10 @@ from .train import GENERATOR_ADAPTER, Example, GeneratorData, add_generator_adap
 
 METRICS = ("em", "f1", "acc")
 
+# The saved retriever run keeps k passages per question plus this margin (for inspection and for a
+# later k up to k + RUN_MARGIN without rerunning the retriever).
+RUN_MARGIN = 20
+
 
 def select_generator_questions(bench: Benchmark, profile: Profile, exclude: set[str]) -> list[dict]:
     """`generator.train_questions` drawn evenly (seeded) from `generator.train_sources`."""
@@ -96,7 +100,7 @@ class GenerationStage:
                   "train": (self.train_questions, {q["id"]: c for q, c in zip(self.train_questions, train_cands)})}
         for split, (qs, cands) in groups.items():
             ranked = self.stage.rerank(qs, cands, depth, adapter=objective is not None, memo=memo)
-            runs[split] = {qid: r[: self.profile.generator.k + 20] for qid, r in ranked.items()}
+            runs[split] = {qid: r[: self.profile.generator.k + RUN_MARGIN] for qid, r in ranked.items()}
         self.stage.reset_adapter()
         self.timings["retriever_run_s"] = time.perf_counter() - t0
         saved = {"retriever": name, "depth": depth, "runs": runs, "key": key,
@@ -126,7 +130,7 @@ class GenerationStage:
     def train_generator(self, run: dict, reuse: bool = True) -> dict:
         add_generator_adapter(self.model, self.profile)
         trunk = TrunkCache(cache_dir() / "trunk-generator", self.stage.fingerprint, log=self.log)
-        data = GeneratorData(self.stage, self.training_examples(run), trunk)
+        data = GeneratorData(self.stage, self.training_examples(run), trunk, self.profile.generator.trunk_batch_size)
         t0 = time.perf_counter()
         out = data_dir() / "checkpoints" / self.profile.name / "generator"
         result = train_generator(self.model, self.stage.split, data, self.profile, out, reuse=reuse,

@@ -87,8 +87,8 @@ class GeneratorData:
     retriever's notebooks do not load these long sequences. The states are read (or computed) on
     first use only, so reusing a finished checkpoint never touches them."""
 
-    def __init__(self, stage, examples: Sequence[Example], trunk_cache):
-        self.stage, self.trunk_cache = stage, trunk_cache
+    def __init__(self, stage, examples: Sequence[Example], trunk_cache, trunk_batch_size: int = 8):
+        self.stage, self.trunk_cache, self.trunk_batch_size = stage, trunk_cache, trunk_batch_size
         self.examples = list(examples)
         seqs = [sequence_ids(stage.tokenizer, e) for e in examples]
         self.ids = [s for s, _ in seqs]
@@ -105,7 +105,7 @@ class GeneratorData:
 
         # max_len 0 marks "whole generator sequence" in the cache key (no truncation).
         order = sorted(range(len(self.keys)), key=lambda i: (len(self.ids[i]), i))  # batches of similar length
-        computed = self.trunk_cache.get_or_compute([self.keys[i] for i in order], 0, compute, batch_size=8,
+        computed = self.trunk_cache.get_or_compute([self.keys[i] for i in order], 0, compute, batch_size=self.trunk_batch_size,
                                                    log=self.stage.log)
         states: list[torch.Tensor] = [None] * len(self.keys)  # type: ignore[list-item]
         for i, state in zip(order, computed):
@@ -137,7 +137,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     params = [p for n, p in model.named_parameters() if f".{GENERATOR_ADAPTER}." in n]
     for n, p in model.named_parameters():
         p.requires_grad_(f".{GENERATOR_ADAPTER}." in n)
-    optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=g.lr, weight_decay=g.weight_decay)
     top, optimizer = accelerator.prepare(top, optimizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = len(data) // (g.batch_size * world)  # whole global batches; each process reads its share
