@@ -137,7 +137,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
         if old.get("build_key") == key:
             log(f"benchmark for profile {profile.name!r} is up to date: {shown(out)}")
             return old
-    log(f"building benchmark for profile {profile.name!r} from {source_dir}")
+    log(f"building benchmark for profile {profile.name!r} from {shown(source_dir)}")
     built = _build(profile, source_dir, log)
     _check_no_leakage(built)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,12 +32,11 @@ def repo_root() -> Path:
 
 
 def shown(path: str | Path) -> str:
-    """A path as a message shows it: relative to the checkout when inside it (no machine-specific
-    absolute paths in executed notebooks), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(repo_root()))
-    except ValueError:
-        return str(path)
+    """A path as a message shows it: relative to the checkout (`data/...`, `../shared/...`), so
+    executed notebooks carry no machine-specific absolute path; absolute only when it lies more
+    than one level outside the checkout."""
+    rel = os.path.relpath(Path(path).resolve(), repo_root())
+    return str(path) if rel.startswith(os.path.join("..", "..")) else rel
 
 
 def data_dir() -> Path:
