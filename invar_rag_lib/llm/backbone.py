@@ -139,10 +139,20 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     only (its save_pretrained no longer takes safe_serialization), so nothing to ask for.
     """
     kw = dict(gguf_file=gguf_path.name, local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), dtype=torch.float32,
-        quantization_config=transformers.GgufConfig(dequantize=True), **kw)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    print(f"converting {gguf_path.name} to a float32 model once (about 40 s on 2 cores) ...")
+    # transformers' GGUF reader draws its own tqdm bar, which ignores disable_progress_bar() and
+    # would be stored as a frozen widget in an executed notebook: silenced for this one call.
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), dtype=torch.float32,
+            quantization_config=transformers.GgufConfig(dequantize=True), **kw)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    finally:
+        gguf_utils.tqdm = bar
     # The weights are plain fp32 now: a leftover GGUF quantizer would refuse to save, or tell later
     # loads to look for GGUF blocks that are not there.
     model.hf_quantizer = None
