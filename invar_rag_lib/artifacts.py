@@ -186,6 +186,10 @@ ARTIFACTS: tuple[Artifact, ...] = (
                        "p < 0.05 on a majority; else not detectable (smallest detectable Δ at 80% power)")),
     A("07-stability", "figure", ("04_retriever/retrieval", "07_ablations/ablations"), study_figures.stability_all,
       "The paper's variance claim for every retriever: Jaccard@5 ↑ and std of hit@5 ↓ across a question and its rewrites."),
+    A("07_summary", "table", ("00_data/benchmark", "04_retriever/retrieval", "06_generation/generation",
+                              "07_ablations/ablations"), claims.summary_table,
+      "The study in five lines, written from the results (the README opens with it).",
+      lambda b, v, g, a: f"What the {_profile(v)} profile reproduced; verdicts by the rule of the claims table"),
 )
 BY_STEM = {a.stem: a for a in ARTIFACTS}
 

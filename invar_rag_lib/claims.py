@@ -126,3 +126,39 @@ def claims_table(variants: dict, generation: dict, ablations: dict) -> pd.DataFr
         row["smallest detectable Δ"] = (f"{100 * max(t['mde'] for t in tests.values()):.1f}" if tests else "—")
         out.append(row)
     return pd.DataFrame(out).set_index("claim (paper)")
+
+
+def summary_table(benchmark: dict, variants: dict, generation: dict, ablations: dict) -> pd.DataFrame:
+    """Five lines for the top of the README, written from the results: the corpus ceiling, whether
+    the LLM retriever learns, how it compares with MiniLM, the invariance claim and the end-to-end
+    claim, each with its verdict from `claims_table`."""
+    ev = benchmark["counts"]["eval"]
+    table = claims_table(variants, generation, ablations)
+    ret, gen = variants["retrievers"], generation["rows"]
+
+    def acc(name: str, k: int = HEADLINE_K) -> str:
+        return " / ".join(f"{100 * ret[name][ds]['metrics'][f'acc@{k}']['mean']:.0f}" for ds in ordered(ret[name]))
+
+    def em(row: str) -> str:
+        return " / ".join(f"{100 * gen[row][ds]['metrics']['em']['mean']:.0f}" for ds in ordered(gen[row]))
+
+    def verdicts(test_prefix: str) -> str:
+        found = [v for t, v in zip(table["test"], table["verdict"]) if t.startswith(test_prefix)]
+        return ", ".join(dict.fromkeys(found)) or "not run"
+
+    names = " / ".join(DATASET_NAMES.get(ds, ds) for ds in ordered(ev))
+    rows = {
+        "what the corpus allows": (f"{' / '.join(str(ev[ds]['answer_in_corpus']) for ds in ordered(ev))} of "
+                                   f"{' / '.join(str(ev[ds]['questions']) for ds in ordered(ev))} evaluation questions "
+                                   f"({names}) have an answer in some passage; only NQ comes with gold passages"),
+        "does the LLM retriever learn?": (f"invar acc@{HEADLINE_K} {acc('invar')} against random {acc('random')} "
+                                          f"and untrained llm-zero {acc('llm-zero')}: "
+                                          f"{verdicts('invar vs random')}"),
+        "does it beat MiniLM and BM25?": (f"MiniLM {acc('minilm')}, BM25 {acc('bm25')}: "
+                                          f"{verdicts('invar vs minilm, acc@5')} (vs MiniLM), "
+                                          f"{verdicts('invar vs bm25')} (vs BM25)"),
+        "is invar more stable across rewrites than llm-ctr?": verdicts("invar vs llm-ctr"),
+        "does Invar-RAG answer better?": (f"EM invar-rag {em('invar-rag')} vs minilm-rag {em('minilm-rag')}: "
+                                          f"{verdicts('invar-rag vs minilm-rag')}"),
+    }
+    return pd.DataFrame({"answer, from this profile's results": rows}).rename_axis("question")
