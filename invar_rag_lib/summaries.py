@@ -36,6 +36,13 @@ def _names(datasets) -> str:
     return " / ".join(DATASET_NAMES.get(ds, ds) for ds in ordered(datasets))
 
 
+def _versus(label: str, a: dict, b: dict, pvalues: dict, n_resamples: int) -> str:
+    """'- label: NQ 72 vs 70, p 0.678, …' over the datasets that have a p-value."""
+    return (f"- {label}: " + ", ".join(f"{DATASET_NAMES.get(ds, ds)} {_pct(a[ds])} vs {_pct(b[ds])}, "
+                                      f"p {fmt_p(p, n_resamples)}" for ds, p in pvalues.items() if p is not None)
+            + ".")
+
+
 @_summary("00")
 def _s00(reports) -> str:
     r = reports.read_results("00_data/benchmark")
@@ -119,9 +126,8 @@ def _s04(reports) -> str:
                      f"p < 0.05 ({', '.join(display_name(n) for n in beat) or 'none'}).")
     if "invar" in ret and "llm-ctr" in ret:
         ps = {ds: (pv.get(f"invar_vs_llm-ctr/{ds}") or {}).get("acc@5") for ds in datasets}
-        lines.append("- `invar` against `llm-ctr` (does the invariance objective add anything?): "
-                     + ", ".join(f"{DATASET_NAMES.get(ds, ds)} {_pct(acc['invar'][ds])} vs {_pct(acc['llm-ctr'][ds])}, "
-                                 f"p {fmt_p(p, n_res)}" for ds, p in ps.items() if p is not None) + ".")
+        lines.append(_versus("`invar` against `llm-ctr` (does the invariance objective add anything?)",
+                             acc["invar"], acc["llm-ctr"], ps, n_res))
     cos = r.get("passage_cosine", {})
     if cos:
         lines.append("- Collapse check: the mean pairwise cosine of passage representations is "
@@ -151,9 +157,7 @@ def _s06(reports) -> str:
     lines = ["- EM (" + _names(datasets) + "): " + "; ".join(f"{row} {_per_dataset(em[row])}" for row in rows) + "."]
     if "invar-rag" in rows and "minilm-rag" in rows:
         ps = {ds: (r["paired_pvalues"].get(f"invar-rag_vs_minilm-rag/{ds}") or {}).get("em") for ds in datasets}
-        lines.append("- `invar-rag` against `minilm-rag`, EM: " + ", ".join(
-            f"{DATASET_NAMES.get(ds, ds)} {_pct(em['invar-rag'][ds])} vs {_pct(em['minilm-rag'][ds])}, p {fmt_p(p, n_res)}"
-            for ds, p in ps.items() if p is not None) + ".")
+        lines.append(_versus("`invar-rag` against `minilm-rag`, EM", em["invar-rag"], em["minilm-rag"], ps, n_res))
     window = {row: {ds: rows[row][ds]["metrics"]["window_hit"]["mean"] for ds in datasets}
               for row in rows if "window_hit" in rows[row][datasets[0]]["metrics"] and row != "closed-book"}
     if window:
