@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Profile
 from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .paths import repo_root, reports_dir
+from .paths import repo_root, reports_dir, shown
 
 PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "bm25s",
             "datasets", "numpy")
@@ -59,10 +59,7 @@ class Reports:
     @staticmethod
     def relative(path: str | Path) -> str:
         """A path as printed in notebooks: relative to the checkout, so outputs do not leak it."""
-        try:
-            return str(Path(path).resolve().relative_to(repo_root()))
-        except ValueError:
-            return str(path)
+        return shown(path)
 
     def results_path(self, name: str) -> Path:
         return self.root / "results" / f"{name}.json"
