@@ -31,12 +31,13 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def shown(path: str | Path) -> str:
-    """A path as a message shows it: relative to the checkout (`data/...`, `../shared/...`), so
-    executed notebooks carry no machine-specific absolute path; absolute only when it lies more
-    than one level outside the checkout."""
+def shown(path: str | Path, levels_up: int = 1) -> str:
+    """A path as a message shows it: relative to the checkout (`data/...`, and with the default
+    `levels_up = 1` also `../shared/...`), so executed notebooks carry no machine-specific absolute
+    path; absolute when it lies more than `levels_up` levels outside the checkout."""
     rel = os.path.relpath(Path(path).resolve(), repo_root())
-    return str(path) if rel.startswith(os.path.join("..", "..")) else rel
+    ups = len([part for part in Path(rel).parts if part == ".."])
+    return str(path) if ups > levels_up else rel
 
 
 def data_dir() -> Path:

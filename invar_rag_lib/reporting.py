@@ -59,7 +59,7 @@ class Reports:
     @staticmethod
     def relative(path: str | Path) -> str:
         """A path as printed in notebooks: relative to the checkout, so outputs do not leak it."""
-        return shown(path)
+        return shown(path, levels_up=0)
 
     def results_path(self, name: str) -> Path:
         return self.root / "results" / f"{name}.json"
