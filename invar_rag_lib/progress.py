@@ -28,29 +28,10 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
 
 
-class _Silent:
-    def update(self, n: int = 1, **postfix) -> None:
-        pass
+def step_bar(total: int, initial: int, desc: str, show: bool = True):
+    """A bar for a training loop (`update()`, `set_postfix(loss=...)`, `close()`); tqdm's own
+    `disable` makes it a no-op outside an interactive terminal, or where `show` is False."""
+    from tqdm import tqdm
 
-    def close(self) -> None:
-        pass
-
-
-class _Bar:
-    def __init__(self, total: int, initial: int, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-
-    def update(self, n: int = 1, **postfix) -> None:
-        if postfix:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()}, refresh=False)
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def step_bar(total: int, initial: int, desc: str):
-    """A bar for a training loop (`update(loss=...)` per step, `close()` at the end)."""
-    return _Bar(total, initial, desc) if interactive() else _Silent()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                disable=not (show and interactive()))

@@ -188,7 +188,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
                                         RETRIEVER_ADAPTER, config)
         log(f"resumed from {latest.name} at step {step}")
     encoder.train()
-    bar = step_bar(total_steps, step, "training retriever") if accelerator.is_main_process else step_bar(0, 0, "")
+    bar = step_bar(total_steps, step, "training retriever", show=accelerator.is_main_process)
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         order = epoch_order(len(data), profile.seed, epoch)
@@ -213,7 +213,8 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         record = {"step": step + 1, "lr": get_lr(step, s1.lr, s1.warmup_steps, total_steps),
                   **{k: float(v) for k, v in zip(logs_acc[0], means)}}
         history.append(record)
-        bar.update(loss=record["loss"])
+        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+        bar.update()
         step += 1
         if step % s1.checkpoint_every == 0 or step == total_steps:
             if accelerator.is_main_process:

@@ -179,7 +179,8 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
         optimizer.zero_grad()
         mean_loss = accelerator.reduce(loss.detach().reshape(1), reduction="mean")  # over processes
         history.append({"step": step + 1, "lr": lr, "loss": float(mean_loss.cpu())})
-        bar.update(loss=history[-1]["loss"])
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
+        bar.update()
         step += 1
         if (step % g.checkpoint_every == 0 or step == total_steps) and accelerator.is_main_process:
             save_checkpoint(latest, unwrapped, optimizer, step, config, history, GENERATOR_ADAPTER)
