@@ -14,11 +14,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import claims, figures, study_figures, study_tables, tables
+from . import claims
+from .report import ablations, corpus, generation, names, retrieval, stability
 from .io_utils import atomic_write_text
 from .paths import repo_root
 from .reporting import Reports, fmt_ci
-from .tables import HEADLINE_K
+
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ def _ks(r: dict) -> tuple[int, ...]:
 
 
 def _p_vs_ctr(r: dict) -> pd.DataFrame:
-    rows = {f"{tables.display_name(n)} / {ds}": r["paired_pvalues"][f"{n}_vs_llm-ctr/{ds}"]
-            for n in tables.ordered_retrievers(r["retrievers"]) if n != "llm-ctr"
-            for ds in tables.ordered(r["retrievers"][n])}
+    rows = {f"{names.display_name(n)} / {ds}": r["paired_pvalues"][f"{n}_vs_llm-ctr/{ds}"]
+            for n in names.ordered_retrievers(r["retrievers"]) if n != "llm-ctr"
+            for ds in names.ordered(r["retrievers"][n])}
     df = pd.DataFrame(rows).T
     return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].round(3).rename_axis("retriever / dataset")
 
 
-def _floors(r: dict, k: int = HEADLINE_K) -> pd.DataFrame:
+def _floors(r: dict, k: int = names.HEADLINE_K) -> pd.DataFrame:
     """acc@k of every LLM variant beside its two floors (the random rerank and the untrained
     model), with paired p-values, and the collapse check (mean pairwise cosine of h(d))."""
     n_res = r["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
@@ -57,24 +58,24 @@ def _floors(r: dict, k: int = HEADLINE_K) -> pd.DataFrame:
         return "—" if p is None else claims.fmt_p(p, n_res)
 
     rows = {}
-    for n in tables.ordered_retrievers(r["retrievers"]):
+    for n in names.ordered_retrievers(r["retrievers"]):
         if n in ("bm25", "minilm", "random"):
             continue
         cells = {}
-        for ds in tables.ordered(r["retrievers"][n]):
-            name = tables.DATASET_NAMES.get(ds, ds)
+        for ds in names.ordered(r["retrievers"][n]):
+            name = names.DATASET_NAMES.get(ds, ds)
             cells[f"{name} acc@{k}"] = f"{100 * r['retrievers'][n][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
             cells[f"{name} p vs random"] = p_of(n, "random", ds)
             cells[f"{name} p vs llm-zero"] = "—" if n == "llm-zero" else p_of(n, "llm-zero", ds)
         cosine = r.get("passage_cosine", {}).get(n)
         cells["mean cos(d, d')"] = "—" if cosine is None else f"{cosine:.3f}"
-        rows[tables.display_name(n)] = cells
-    random_row = {f"{tables.DATASET_NAMES.get(ds, ds)} acc@{k}":
+        rows[names.display_name(n)] = cells
+    random_row = {f"{names.DATASET_NAMES.get(ds, ds)} acc@{k}":
                   f"{100 * r['retrievers']['random'][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
-                  for ds in tables.ordered(r["retrievers"]["random"])}
+                  for ds in names.ordered(r["retrievers"]["random"])}
     df = pd.DataFrame({"random (expected)": random_row, **rows}).T.fillna("—")
-    columns = [c for ds in tables.ordered(r["retrievers"]["random"]) for c in df.columns
-               if c.startswith(tables.DATASET_NAMES.get(ds, ds) + " ")] + ["mean cos(d, d')"]
+    columns = [c for ds in names.ordered(r["retrievers"]["random"]) for c in df.columns
+               if c.startswith(names.DATASET_NAMES.get(ds, ds) + " ")] + ["mean cos(d, d')"]
     return df[columns].rename_axis("retriever")
 
 
@@ -96,24 +97,24 @@ def _lsr_table(r: dict) -> pd.DataFrame:
 A = Artifact
 DAGGER = "† = differs from the {} row (paired bootstrap, p < 0.05)"
 ARTIFACTS: tuple[Artifact, ...] = (
-    A("00_benchmark_counts", "table", ("00_data/benchmark",), tables.benchmark_counts_table,
+    A("00_benchmark_counts", "table", ("00_data/benchmark",), corpus.benchmark_counts_table,
       "Evaluation and training questions per split, and how many evaluation questions have an answer in some corpus passage (the ceiling of acc@k).",
       lambda r: f"Benchmark splits ({_profile(r)} profile)"),
-    A("00_corpus_sources", "table", ("00_data/benchmark",), tables.corpus_table,
+    A("00_corpus_sources", "table", ("00_data/benchmark",), corpus.corpus_table,
       "Where the corpus passages come from.", lambda r: f"Corpus by source ({_profile(r)} profile)"),
-    A("00-corpus-composition", "figure", ("00_data/benchmark",), figures.corpus_composition,
+    A("00-corpus-composition", "figure", ("00_data/benchmark",), corpus.corpus_composition,
       "Corpus composition and answer coverage per evaluation set."),
     A("01_retrieval_baselines", "table", ("01_baselines/retrieval",),
-      lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="bm25"),
+      lambda r: retrieval.retrieval_table(r, ks=(5, 20), significance_vs="bm25"),
       "BM25 and MiniLM over the whole corpus: the paper's Acc@5 / Acc@20 with 95% intervals († = differs from BM25, p < 0.05).",
       lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search; "
                 f"{DAGGER.format('bm25')}"),
     A("01_retrieval_baselines_all_k", "table", ("01_baselines/retrieval",),
-      lambda r: tables.retrieval_table(r, ks=_ks(r), significance_vs="bm25"),
+      lambda r: retrieval.retrieval_table(r, ks=_ks(r), significance_vs="bm25"),
       "The same baselines at every k.",
       lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search; "
                 f"{DAGGER.format('bm25')}"),
-    A("01-acc-at-k", "figure", ("01_baselines/retrieval",), figures.acc_at_k_curves,
+    A("01-acc-at-k", "figure", ("01_baselines/retrieval",), retrieval.acc_at_k_curves,
       "acc@k against k for BM25 and MiniLM, with bootstrap bands and the answer-coverage ceiling."),
     A("02_alignment_kl", "table", ("02_alignment/alignment",), _kl_table,
       "How far the LLM retriever's group distribution is from MiniLM's before and after a short L_ctr + α L_align run.",
@@ -121,15 +122,15 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("02_pooling_floor", "table", ("02_alignment/pooling",), _pooling_table,
       "Zero-shot: each pooling of the untrained LLM against the random floor and MiniLM, on held-out training questions (validation split), reranking MiniLM's top candidates.",
       lambda r: f"Pooling zero-shot, acc@k (%) with 95% CI, {r['pooling_floor']['n']} validation questions, rerank of MiniLM's top {r['pooling_floor']['depth']}, {_profile(r)} profile"),
-    A("02-alignment", "figure", ("02_alignment/alignment",), figures.alignment_scatter,
+    A("02-alignment", "figure", ("02_alignment/alignment",), retrieval.alignment_scatter,
       "P_θ against P_c for every group member, before and after alignment."),
     A("03_lsr_by_environment", "table", ("03_invariance/invariance",), _lsr_table,
       "LSR statistics of the training groups in each environment (original, rewrite, shorter window).",
       lambda r: f"LSR scores per environment ({_profile(r)} profile)"),
-    A("03-lsr-by-environment", "figure", ("03_invariance/invariance",), figures.lsr_by_environment,
+    A("03-lsr-by-environment", "figure", ("03_invariance/invariance",), retrieval.lsr_by_environment,
       "Q_e(d|q) of positives and hard negatives per environment; the invariant share is in the title."),
     A("04_retrieval_variants", "table", ("04_retriever/retrieval",),
-      lambda r: tables.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
+      lambda r: retrieval.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
       "Every retriever variant of docs/method.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
       lambda r: f"Retriever variants, acc@k (%) with 95% CI, {_profile(r)} profile, {r['mode']}; "
                 f"{DAGGER.format('minilm')}"),
@@ -139,42 +140,42 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("04_floors", "table", ("04_retriever/retrieval",), _floors,
       "Each LLM variant against its floors: the exact expected acc@5 of a random rerank of the same candidates and the untrained llm-zero (paired bootstrap p-values), and the mean pairwise cosine of passage representations (near 1 = collapse).",
       lambda r: f"LLM retrievers against their floors, acc@5 (%), {_profile(r)} profile, {r['mode']}, pooling {r.get('pooling', 'eos')}"),
-    A("04_stability", "table", ("04_retriever/retrieval",), lambda r: tables.stability_table(r, k=HEADLINE_K),
+    A("04_stability", "table", ("04_retriever/retrieval",), lambda r: stability.stability_table(r, k=names.HEADLINE_K),
       "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
       lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
-    A("04-acc-at-k", "figure", ("04_retriever/retrieval",), figures.acc_at_k_curves,
+    A("04-acc-at-k", "figure", ("04_retriever/retrieval",), retrieval.acc_at_k_curves,
       "acc@k against k for every retriever variant."),
-    A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: figures.stability_bars(r, k=HEADLINE_K),
+    A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: stability.stability_bars(r, k=names.HEADLINE_K),
       "Stability across a question and its rewrites, per retriever: Jaccard@5 of the top-5 sets (higher = more stable) and the std of hit@5 (lower = more stable), with 95% intervals."),
-    A("04-loss-curves", "figure", ("04_retriever/retrieval",), figures.loss_curves,
+    A("04-loss-curves", "figure", ("04_retriever/retrieval",), retrieval.loss_curves,
       "Training loss and its terms per step for every trained variant."),
-    A("05_generator_training", "table", ("05_generator/training",), study_tables.generator_training_table,
+    A("05_generator_training", "table", ("05_generator/training",), generation.generator_training_table,
       "What the generator adapter was trained on and how far its loss fell.",
       lambda r: f"Generator training ({_profile(r)} profile)"),
-    A("05-generator-loss", "figure", ("05_generator/training",), study_figures.generator_loss,
+    A("05-generator-loss", "figure", ("05_generator/training",), generation.generator_loss,
       "The generator's cross-entropy on answer tokens per step."),
-    A("06_generation", "table", ("06_generation/generation",), study_tables.generation_table,
+    A("06_generation", "table", ("06_generation/generation",), generation.generation_table,
       "The main end-to-end table: EM, F1 and PopQA-style acc per row and dataset, with 95% intervals († = differs from minilm-rag, p < 0.05).",
       lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot, {_profile(r)} profile, "
                 f"retrieval {r['retriever_mode']}; {DAGGER.format('minilm-rag')}"),
-    A("06_answer_in_context", "table", ("06_generation/generation",), study_tables.context_table,
+    A("06_answer_in_context", "table", ("06_generation/generation",), generation.context_table,
       "How often the generator could have read an answer: top-k whole passages against the windows it is shown (title + first passage_tokens tokens).",
       lambda r: f"Answer in the top-{r['k']} passages (%), whole passages and the shown windows, {_profile(r)} profile"),
-    A("06_generation_pvalues", "table", ("06_generation/generation",), study_tables.generation_pvalues,
+    A("06_generation_pvalues", "table", ("06_generation/generation",), generation.generation_pvalues,
       "Paired bootstrap p-values of every row against minilm-rag, and of invar-rag against invar-retrieval (the generator adapter's own effect).",
       lambda r: "Paired bootstrap p-values (two-sided) of EM, F1 and acc"),
-    A("06_decode_speed", "table", ("06_generation/generation",), study_tables.decode_speed_table,
+    A("06_decode_speed", "table", ("06_generation/generation",), generation.decode_speed_table,
       "Greedy decoding throughput per row with the shared-prefix cache (answers cached on disk are not re-timed).",
       lambda r: f"Decoding throughput ({_profile(r)} profile)"),
-    A("06-generation", "figure", ("06_generation/generation",), study_figures.generation_bars,
+    A("06-generation", "figure", ("06_generation/generation",), generation.generation_bars,
       "EM, acc and the share of prompts whose shown passage windows contain an answer, per row and dataset."),
-    A("07_ablations", "table", ("07_ablations/ablations",), study_tables.ablation_table,
+    A("07_ablations", "table", ("07_ablations/ablations",), ablations.ablation_table,
       "invar−align, invar−inv, the λ sweep and the number of rewrites R: acc@5 († = differs from invar, p < 0.05) and Jaccard@5 across rewrites.",
       lambda r: f"Ablations of invar, {_profile(r)} profile, {r['mode']}; {DAGGER.format('invar')}"
                 + (f"; not run in this profile: {', '.join(r['not_run'])}" if r["not_run"] else "")),
-    A("07-ablations", "figure", ("07_ablations/ablations",), study_figures.ablation_curves,
+    A("07-ablations", "figure", ("07_ablations/ablations",), ablations.ablation_curves,
       "acc@5 and rewrite stability (Jaccard@5) against λ and against R."),
-    A("07_variance_claim", "table", ("04_retriever/retrieval",), study_tables.variance_claim_table,
+    A("07_variance_claim", "table", ("04_retriever/retrieval",), stability.variance_claim_table,
       "The variance claim tested directly: invar against llm-ctr on the per-question spread of hit@5 and the Jaccard@5 to the rewrites, with paired bootstrap p-values.",
       lambda r: f"Is invar more stable across question rewrites than llm-ctr? Top-5, {_profile(r)} profile (%)"),
     A("07_claims", "table", ("04_retriever/retrieval", "06_generation/generation", "07_ablations/ablations"),
@@ -184,7 +185,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
                        "95% bootstrap interval, paired bootstrap p; verdict: reproduced = paper's direction with "
                        "p < 0.05 on a majority of datasets and reversed on none; not reproduced = reversed with "
                        "p < 0.05 on a majority; else not detectable (smallest detectable Δ at 80% power)")),
-    A("07-stability", "figure", ("04_retriever/retrieval", "07_ablations/ablations"), study_figures.stability_all,
+    A("07-stability", "figure", ("04_retriever/retrieval", "07_ablations/ablations"), stability.stability_all,
       "The paper's variance claim for every retriever: Jaccard@5 ↑ and std of hit@5 ↓ across a question and its rewrites."),
     A("07_summary", "table", ("00_data/benchmark", "04_retriever/retrieval", "06_generation/generation",
                               "07_ablations/ablations"), claims.summary_table,

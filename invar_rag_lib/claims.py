@@ -22,7 +22,7 @@ import pandas as pd
 
 from .metrics import bootstrap_ci, paired_bootstrap_pvalue
 from .retrieval.harness import hits_at_k
-from .tables import DATASET_NAMES, HEADLINE_K, ordered
+from .report.names import DATASET_NAMES, HEADLINE_K, ordered
 
 ALPHA = 0.05
 Z_POWER = 1.959964 + 0.841621  # two-sided 5% test, 80% power

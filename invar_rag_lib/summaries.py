@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .claims import fmt_p
-from .tables import DATASET_NAMES, display_name, ordered
+from .report.names import DATASET_NAMES, display_name, ordered
 
 _SUMMARIES: dict[str, Callable] = {}
 

@@ -12,7 +12,7 @@ from invar_rag_lib.cli import main
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.reporting import Reports
 from invar_rag_lib.stage1.ablations import ablation_points, not_run
-from invar_rag_lib.study_tables import generation_table
+from invar_rag_lib.report.generation import generation_table
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

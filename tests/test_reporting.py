@@ -17,7 +17,9 @@ from invar_rag_lib.io_utils import (
     sha256_text,
 )
 from invar_rag_lib.reporting import PACKAGES, Reports, fmt_ci, to_markdown
-from invar_rag_lib.tables import benchmark_counts_table, corpus_table, ordered, retrieval_table
+from invar_rag_lib.report.corpus import benchmark_counts_table, corpus_table
+from invar_rag_lib.report.names import ordered
+from invar_rag_lib.report.retrieval import retrieval_table
 
 from conftest import tiny_profile_dict
 

@@ -172,7 +172,8 @@ def test_stage1_end_to_end_on_tiny_data(built_tiny, tmp_path, lora_layers, mode,
     assert set(out["passage_cosine"]) >= {"llm-zero", "invar"}
     assert "invar_vs_random/nq" in out["paired_pvalues"]
     assert out["mode"].startswith("full") == (mode == "full")
-    from invar_rag_lib.tables import retrieval_table, stability_table
+    from invar_rag_lib.report.retrieval import retrieval_table
+    from invar_rag_lib.report.stability import stability_table
 
     assert "random" in retrieval_table(out, ks=(1, 5)).index and "random" not in stability_table(out).index
     assert (prepared.projection is not None) == (projection == "ridge")

@@ -1,17 +1,24 @@
-"""Tables of notebooks 05–07 (generation, decoding speed, ablations), from results files only."""
+"""Generation: EM/F1/acc tables, answer-in-context, decoding speed, the generator's training."""
 from __future__ import annotations
 
-import pandas as pd
+import matplotlib
 
-from .reporting import fmt_ci
-from .stage2 import ROWS
-from .tables import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers
+matplotlib.use("Agg")  # headless: papermill, nbval, CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ..reporting import fmt_ci  # noqa: E402
+from ..stage2 import ROWS  # noqa: E402
+from .names import DATASET_NAMES, ordered, ordered_retrievers  # noqa: E402
+
 
 METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in the top-k passages",
                 "window_hit": "answer in the shown windows"}
 
 
-def _rows(names) -> list[str]:
+def generation_rows(names) -> list[str]:
     return ordered_retrievers(names, ROWS)
 
 
@@ -19,7 +26,7 @@ def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs
     """Rows: generation rows; columns: dataset × metric, '% mean [95% CI]', † = p < 0.05 against
     `significance_vs` (paired bootstrap)."""
     table = {}
-    for row in _rows(results["rows"]):
+    for row in generation_rows(results["rows"]):
         cells = {}
         for ds in ordered(results["rows"][row]):
             for m in metrics:
@@ -37,7 +44,7 @@ def context_table(results: dict) -> pd.DataFrame:
     answer, on whole passages and within the shown windows (title + first `passage_tokens`
     tokens), per row that retrieves. Empty for results written before `window_hit` existed."""
     table = {}
-    for row in _rows(results["rows"]):
+    for row in generation_rows(results["rows"]):
         cells = {}
         for ds in ordered(results["rows"][row]):
             m = results["rows"][row][ds]["metrics"]
@@ -88,50 +95,48 @@ def generator_training_table(results: dict) -> pd.DataFrame:
         "demonstrations (n_shot)": results["n_shot"]}}).rename_axis("")
 
 
-def point_label(point: dict) -> str:
-    if point["axis"] == "lambda":
-        return f"λ = {point['value']:g}"
-    if point["axis"] == "rewrites":
-        return f"R = {point['value']}"
-    return display_name(point["name"])
+def generator_loss(results: dict):
+    """05: the generator's token cross-entropy per optimizer step."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    h = results["training"]["history"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    steps, loss = [r["step"] for r in h], [r["loss"] for r in h]
+    ax.plot(steps, loss, color="#4c72b0", alpha=0.5, label="per step")
+    if len(loss) >= 5:
+        smooth = np.convolve(loss, np.ones(5) / 5, mode="valid")
+        ax.plot(steps[4:], smooth, color="#4c72b0", label="mean of 5")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy on answer tokens")
+    ax.set_title(f"generator adapter: {results['training']['n_examples']} examples")
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
-def ablation_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
-    """One row per ablation point: acc@k (%, 95% CI, † = p < 0.05 against `invar`) and Jaccard@k of
-    the top-k sets between each question and its rewrites, per dataset."""
-    table = {}
-    for point in results["points"]:
-        by_ds = results["retrievers"][point["name"]]
-        cells = {"checkpoint": point["name"]}
-        for ds in ordered(by_ds):
-            cell = fmt_ci(by_ds[ds]["metrics"][f"acc@{k}"])
-            p = results["paired_pvalues"].get(f"{point['name']}_vs_invar/{ds}", {}).get(f"acc@{k}")
-            if p is not None and p < 0.05:
-                cell += " †"
-            cells[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
-            cells[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(by_ds[ds]["stability"][f"jaccard@{k}"])
-        table[point_label(point)] = cells
-    return pd.DataFrame.from_dict(table, orient="index").rename_axis("ablation")
-
-
-def variance_claim_table(variants: dict, k: int = HEADLINE_K, model: str = "invar", baseline: str = "llm-ctr") -> pd.DataFrame:
-    """The paper's variance claim tested per dataset: `model` against `baseline` on the per-question
-    std of hit@k across environments (↓) and Jaccard@k to the rewrites (↑), with the paired
-    bootstrap p-value of the difference."""
-    from .metrics import paired_bootstrap_pvalue
-
-    cfg = variants["provenance"]["config"]
-    n_boot, seed = cfg["retrieval"]["bootstrap_resamples"], variants["provenance"]["seed"]
-    rows = {}
-    for ds in ordered(variants["retrievers"][model]):
-        a = variants["retrievers"][model][ds]["stability"]["per_question"]
-        b = variants["retrievers"][baseline][ds]["stability"]["per_question"]
-        row = {}
-        for key, label in (("has_answer_std", f"hit-std@{k} ↓"), ("jaccard", f"Jaccard@{k} ↑")):
-            ma, mb = sum(a[key]) / len(a[key]), sum(b[key]) / len(b[key])
-            row[f"{display_name(model)} {label}"] = round(100 * ma, 1)
-            row[f"{baseline} {label}"] = round(100 * mb, 1)
-            row[f"Δ {label}"] = round(100 * (ma - mb), 1)
-            row[f"p ({label.split('@')[0]})"] = round(paired_bootstrap_pvalue(a[key], b[key], n_boot, seed), 3)
-        rows[DATASET_NAMES.get(ds, ds)] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")
+def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
+    """06: EM, PopQA-style acc and the share of prompts whose shown passage windows (what the
+    generator reads) hold an answer, per row. Results without `window_hit` (older runs) show
+    `context_hit`, the whole passages."""
+    first = next(iter(results["rows"].values()))
+    if "window_hit" in metrics and "window_hit" not in next(iter(first.values()))["metrics"]:
+        metrics = tuple("context_hit" if m == "window_hit" else m for m in metrics)
+    sns.set_theme(style="whitegrid", context="notebook")
+    rows = generation_rows(results["rows"])
+    datasets = ordered(results["rows"][rows[0]])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), sharey=False)
+    axes = np.atleast_1d(axes)
+    palette = sns.color_palette("deep", len(datasets))
+    width = 0.8 / len(datasets)
+    for ax, m in zip(axes, metrics):
+        for j, ds in enumerate(datasets):
+            vals = [results["rows"][r][ds]["metrics"][m] for r in rows]
+            mean = np.array([100 * v["mean"] for v in vals])
+            err = np.array([[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]])
+            x = np.arange(len(rows)) + (j - (len(datasets) - 1) / 2) * width
+            ax.bar(x, mean, width, yerr=err, color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=25, ha="right")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{METRIC_NAMES[m]} (%)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,55 +1,38 @@
-"""Figures built from saved results files only; the file name carries the notebook number."""
+"""Retrieval: acc@k tables and curves, the retriever's training losses, alignment and LSR views."""
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: papermill, nbval, CI
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .tables import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers  # noqa: E402
-
-SOURCE_NAMES = {"wiki18": "wiki-18 passages (retrieved for eval pool)", "nqgold": "NQ gold passages",
-                "wikiqa": "WikiQA sentences", "wikisum": "Wikipedia summaries (distractors)"}
-
-
-def corpus_composition(results: dict):
-    """00: where the corpus passages come from, and how many eval questions have an answer in it."""
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    by_source = results["counts"]["corpus"]["by_source"]
-    df = pd.DataFrame({"source": [SOURCE_NAMES.get(s, s) for s in by_source], "passages": list(by_source.values())})
-    sns.barplot(data=df, y="source", x="passages", ax=axes[0], color="#4c72b0")
-    axes[0].set_title(f"Corpus: {results['counts']['corpus']['total']} passages")
-    axes[0].set_ylabel("")
-    ev = results["counts"]["eval"]
-    df2 = pd.DataFrame({"dataset": [DATASET_NAMES.get(d, d) for d in ordered(ev)],
-                        "share": [100 * ev[d]["answer_in_corpus"] / ev[d]["questions"] for d in ordered(ev)]})
-    sns.barplot(data=df2, x="dataset", y="share", ax=axes[1], color="#55a868")
-    axes[1].set_ylim(0, 100)
-    axes[1].set_ylabel("% questions with an answer\nin some corpus passage")
-    axes[1].set_title("Answer coverage (upper bound on acc@k)")
-    fig.tight_layout()
-    return fig
+from ..reporting import fmt_ci  # noqa: E402
+from .names import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
+from .style import style_of  # noqa: E402
 
 
-# One colour and line style per retriever in every figure (a variant keeps its colour across panels
-# and notebooks): baselines dashed, floors dotted, trained LLM variants solid.
-_TAB = sns.color_palette("tab10")
-RETRIEVER_STYLE = {
-    "bm25": (_TAB[7], "--"), "minilm": (_TAB[0], "--"), "random": ((0.55, 0.55, 0.55), ":"),
-    "llm-zero": (_TAB[5], ":"), "llm-ctr": (_TAB[1], "-"), "llm-lsr": (_TAB[2], "-"),
-    "invar": (_TAB[3], "-"), "invar-align": (_TAB[4], "-"), "invar-inv": (_TAB[6], "-"),
-}
+def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = None) -> pd.DataFrame:
+    """Rows: retrievers; columns: dataset × acc@k as 'mean [low, high]' in percent.
 
-
-def style_of(name: str):
-    """(colour, line style) of a retriever; names outside the study get the remaining colours."""
-    if name in RETRIEVER_STYLE:
-        return RETRIEVER_STYLE[name]
-    return _TAB[8 + hash(name) % 2], "-."
+    With `significance_vs`, a † marks p < 0.05 in the paired bootstrap against that retriever
+    (read from results["paired_pvalues"]["<row>_vs_<baseline>/<dataset>"]).
+    """
+    table = {}
+    for name in ordered_retrievers(results["retrievers"]):
+        by_ds = results["retrievers"][name]
+        row = {}
+        for ds in ordered(by_ds):
+            res = by_ds[ds]
+            for k in ks:
+                cell = fmt_ci(res["metrics"][f"acc@{k}"])
+                p = results.get("paired_pvalues", {}).get(f"{name}_vs_{significance_vs}/{ds}", {}).get(f"acc@{k}")
+                if p is not None and p < 0.05:
+                    cell += " †"
+                row[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
+        table[display_name(name)] = row
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")
 
 
 def acc_at_k_curves(results: dict):
@@ -153,29 +136,4 @@ def loss_curves(results: dict):
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6),
                fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
-def stability_bars(results: dict, k: int = HEADLINE_K):
-    """04: the variance claim per retriever: Jaccard@k of the top-k sets of a question and its
-    rewrites (↑) and the std of hit@k across them (↓), with 95% bootstrap intervals."""
-    sns.set_theme(style="whitegrid", context="notebook")
-    names = [n for n in ordered_retrievers(results["retrievers"])
-             if next(iter(results["retrievers"][n].values())).get("stability")]
-    datasets = ordered(results["retrievers"][names[0]])
-    palette = sns.color_palette("deep", len(datasets))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    width = 0.8 / len(datasets)
-    for ax, (key, label) in zip(axes, [(f"jaccard@{k}", f"Jaccard@{k}, question vs rewrites (%) ↑"),
-                                       (f"has_answer_std@{k}", f"std of hit@{k} across rewrites (%) ↓")]):
-        for j, ds in enumerate(datasets):
-            vals = [results["retrievers"][n][ds]["stability"][key] for n in names]
-            x = np.arange(len(names)) + (j - (len(datasets) - 1) / 2) * width
-            ax.bar(x, [100 * v["mean"] for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
-                   yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
-                   capsize=2)
-        ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=25, ha="right")
-        ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
     return fig

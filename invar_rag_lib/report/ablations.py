@@ -1,0 +1,71 @@
+"""Ablations: the λ and rewrite-count grid and the removed-term variants, as a table and curves."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: papermill, nbval, CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from ..reporting import fmt_ci  # noqa: E402
+from .names import DATASET_NAMES, HEADLINE_K, display_name, ordered  # noqa: E402
+
+
+def point_label(point: dict) -> str:
+    if point["axis"] == "lambda":
+        return f"λ = {point['value']:g}"
+    if point["axis"] == "rewrites":
+        return f"R = {point['value']}"
+    return display_name(point["name"])
+
+
+def ablation_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
+    """One row per ablation point: acc@k (%, 95% CI, † = p < 0.05 against `invar`) and Jaccard@k of
+    the top-k sets between each question and its rewrites, per dataset."""
+    table = {}
+    for point in results["points"]:
+        by_ds = results["retrievers"][point["name"]]
+        cells = {"checkpoint": point["name"]}
+        for ds in ordered(by_ds):
+            cell = fmt_ci(by_ds[ds]["metrics"][f"acc@{k}"])
+            p = results["paired_pvalues"].get(f"{point['name']}_vs_invar/{ds}", {}).get(f"acc@{k}")
+            if p is not None and p < 0.05:
+                cell += " †"
+            cells[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
+            cells[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(by_ds[ds]["stability"][f"jaccard@{k}"])
+        table[point_label(point)] = cells
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("ablation")
+
+
+def ablation_curves(results: dict, k: int = HEADLINE_K):
+    """07: acc@k and the rewrite-stability Jaccard@k against λ and against R, per dataset."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    axes_of = [("lambda", "λ (weight of L_inv)"), ("rewrites", "R (rewrites per training question)")]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharey="row", squeeze=False)
+    datasets = ordered(next(iter(results["retrievers"].values())))
+    palette = sns.color_palette("deep", len(datasets))
+    for col, (axis, label) in enumerate(axes_of):
+        points = sorted((p for p in results["points"] if p["axis"] == axis), key=lambda p: p["value"])
+        xs = [p["value"] for p in points]
+        for row, (getter, ylabel) in enumerate([
+                (lambda r: r["metrics"][f"acc@{k}"], f"acc@{k} (%)"),
+                (lambda r: r["stability"][f"jaccard@{k}"], f"Jaccard@{k} vs rewrites (%) ↑")]):
+            ax = axes[row][col]
+            for color, ds in zip(palette, datasets):
+                vals = [getter(results["retrievers"][p["name"]][ds]) for p in points]
+                ax.errorbar(xs, [100 * v["mean"] for v in vals],
+                            yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
+                            marker="o", capsize=3, color=color, label=DATASET_NAMES.get(ds, ds))
+            ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            if row == 1:
+                ax.set_xlabel(label)
+    axes[0][0].legend(fontsize=8)
+    fig.align_ylabels(axes[:, 0])
+    missing = results.get("not_run") or []
+    fig.suptitle("Ablations of invar (rerank, same candidates and eval rewrites)"
+                 + (f"; not run in this profile: {', '.join(missing)}" if missing else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
