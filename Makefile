@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup reproduce test unit nbval report clean-smoke
+.PHONY: setup reproduce test unit nbval report fetch clean-smoke
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ $(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproje
 reproduce: setup
 	$(VENV)/bin/invar-rag reproduce --profile $(PROFILE)
 	$(VENV)/bin/invar-rag report --profile $(PROFILE)
+
+# The raw sources from their public origins into data/sources/ (for a machine without ../shared).
+fetch: setup
+	$(VENV)/bin/invar-rag data fetch
 
 # Every table and figure, and reports/README.md, from reports/results alone (no model).
 report: setup

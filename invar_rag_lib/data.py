@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import Profile
 from .integrity import IntegrityError, check_dir, seal_dir
-from .io_utils import atomic_write_json, replace_dir, sha256_file, sha256_text
+from .io_utils import atomic_write_json, replace_dir, sha256_content, sha256_file, sha256_text
 from .metrics import AnswerIndex, normalize_answer
 from .paths import SOURCE_FILES, find_sources, processed_dir, shown
 from . import sources as src
@@ -124,7 +124,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     """Build (or reuse) the benchmark for `profile`; returns the manifest."""
     source_dir = find_sources(sources)
     out = Path(out_dir) if out_dir else processed_dir(profile.name)
-    inputs = {name: sha256_file(source_dir / rel) for name, rel in SOURCE_FILES.items()}
+    inputs = {name: sha256_content(source_dir / rel) for name, rel in SOURCE_FILES.items()}
     key = build_key(profile, inputs)
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
@@ -327,7 +327,7 @@ def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: di
         "profile": profile.name, "build_key": key, "build_version": BUILD_VERSION,
         "invar_rag_version": __version__, "config": profile.to_dict()["data"],
         "counts": counts, "train_sources": TRAIN_SOURCES,
-        "inputs": {name: {"path": SOURCE_FILES[name], "sha256": sha} for name, sha in inputs.items()},
+        "inputs": {name: {"path": SOURCE_FILES[name], "sha256_content": sha} for name, sha in inputs.items()},
         "outputs_sha256": outputs,
         "leakage_check": "passed: no training question (SQuAD-normalised) equals any of the "
                          f"{len(built['all_eval_keys'])} evaluation-sample questions; "

@@ -1,6 +1,7 @@
 """Writes that never leave a half-written file, and content hashes."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -13,6 +14,16 @@ from typing import Any
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_content(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content: of the uncompressed bytes for a `.gz` file, so a source keeps
+    its digest when it is re-compressed (as `invar-rag data fetch` does)."""
+    h = hashlib.sha256()
+    with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

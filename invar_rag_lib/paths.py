@@ -88,6 +88,6 @@ def find_sources(explicit: str | Path | None = None) -> Path:
             break  # nor may a wrong $INVAR_RAG_SOURCES
     raise SourcesNotFound(
         "could not find the raw data sources. Looked in:\n" + "\n".join(looked)
-        + f"\nPass --sources DIR, set ${SOURCES_ENV}, or place the files under data/sources/ "
-        "(layout as in shared/data-sources/SOURCES.md)."
+        + f"\nRun `invar-rag data fetch` (downloads them into data/sources/), pass --sources DIR, "
+        f"set ${SOURCES_ENV}, or place the files under data/sources/ (layout as in SOURCES.md)."
     )

