@@ -2,6 +2,8 @@
 
 Nothing that changes a result is implicit: every choice lives in a field here and in
 `invar_rag_lib/profiles/<name>.toml`. Unknown keys are rejected with the list of valid ones.
+A default is docs/method.md's value where it gives one, else the cpu (default) profile's; each
+profile file still states every value it relies on.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class DataConfig:
     # corpus; a superset of the eval selection, so the corpus also holds other questions' passages.
     corpus_pool_questions_per_dataset: int = 250
     distractor_passages: int = 2000  # Wikipedia summaries (Level-4 vital articles); 10033 = all
-    train_questions_per_source: int = 200  # for each of tqa_dev and nq_gold
+    train_questions_per_source: int = 800  # for each of tqa_dev and nq_gold
     # WikiQA's answer sentences enter the corpus as title-less passages: kept few (distractors and
     # the generator's sources only; stage 1 does not train on them, docs/method.md §4)
     wikiqa_train_questions: int = 200
@@ -66,7 +68,7 @@ class RetrieverConfig:
     lora_layers: int = 2  # LoRA on the top L decoder layers; 0 = all layers (no trunk cache)
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.05  # on the adapter's inputs while training (METHOD's value)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     encode_batch_size: int = 16  # texts per frozen-trunk forward
     score_batch_size: int = 64  # trunk states per top-layer forward when scoring (rerank, full, checks)
@@ -84,13 +86,13 @@ class Stage1Config:
     members, for L_inv and the LSR term (an LM forward per passage and environment is the cost).
     """
     train_sources: tuple[str, ...] = ("tqa_dev", "nq_gold")  # WikiQA: sentence-as-passage, not used
-    train_questions: int = 150  # drawn evenly from `train_sources`
-    val_questions: int = 0  # further held-out training questions: the validation split of sweeps
+    train_questions: int = 1400  # drawn evenly from `train_sources`
+    val_questions: int = 200  # further held-out training questions: the validation split of sweeps
     coarse_candidates: int = 20  # K_c: MiniLM's top passages, the pool of positives and hard negatives
     # A passage of K(q) that merely contains an answer is a positive only within MiniLM's top
     # `positive_depth` (deeper matches are often coincidental: "November" in a biography); gold first.
     positive_depth: int = 5
-    group_size: int = 4  # |G(q)|: positives + hard negatives (MiniLM's highest-ranked answer-free)
+    group_size: int = 8  # |G(q)|: positives + hard negatives (MiniLM's highest-ranked answer-free)
     max_positives: int = 1
     env_questions: int = 150  # questions with environments and LSR (the first ones); 0 = all
     env_group_size: int = 4  # members of G(q) scored by LSR and used by L_inv / the LSR term
@@ -110,10 +112,10 @@ class Stage1Config:
     alpha: float = 1.0
     lam: float = 0.5
     gamma: float = 1.0
-    lr: float = 2e-4
+    lr: float = 3e-3  # benchmarks/stage1_sweep.py (cpu)
     weight_decay: float = 0.0
-    epochs: int = 2
-    batch_size: int = 8  # queries per optimizer micro-batch
+    epochs: int = 1
+    batch_size: int = 16  # queries per optimizer micro-batch
     grad_accum: int = 1
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
@@ -125,13 +127,13 @@ class GeneratorConfig:
     """Stage 2 (docs/method.md §2): the `generator` adapter, its prompts, training and decoding.
 
     The adapter has the retriever's LoRA shape (`retriever.lora_*`, same top `L` layers), so the
-    trunk cache serves its training too. The prompt is `instruction` + `n_shot` demonstrations +
-    the top-`k` passages (each cut to `passage_tokens` tokens) + the question; the demonstrations
-    come first, so one key/value cache of that shared prefix serves every prompt.
+    trunk cache serves its training too; its dropout is its own (`lora_dropout`). The prompt is
+    `instruction` + `n_shot` demonstrations + the top-`k` passages (each cut to `passage_tokens`
+    tokens) + the question; the demonstrations come first, so one key/value cache of that shared prefix serves every prompt.
     """
     retriever_variant: str = "invar"  # whose top-k passages the generator reads (frozen)
-    k: int = 5
-    passage_tokens: int = 64
+    k: int = 3
+    passage_tokens: int = 48
     n_shot: int = 8
     instruction: str = "Answer the question with a short answer, using the passages.\n\n"
     demo_template: str = "Question: {q}\nAnswer: {a}\n\n"
@@ -147,13 +149,14 @@ class GeneratorConfig:
     epochs: int = 2
     batch_size: int = 8
     lr: float = 5e-4
+    lora_dropout: float = 0.05  # the generator adapter's (METHOD's value); the retriever's is retriever.lora_dropout
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
     max_new_tokens: int = 16
     checkpoint_every: int = 20  # steps between generator checkpoints (and at the end)
     weight_decay: float = 0.0  # AdamW's, on the generator adapter
     trunk_batch_size: int = 8  # training sequences per frozen-trunk forward (they are long: ~190 tokens + demos)
-    generate_batch_size: int = 16
+    generate_batch_size: int = 32
     decode_attention: str = "sdpa"  # attention kernel while decoding ("eager" | "sdpa"); sdpa is faster on CPU
 
 
@@ -312,9 +315,9 @@ def _validate(p: Profile, where: str) -> None:
         raise ConfigError(f"{where}.retriever: need lora_r >= 1, lora_alpha > 0, 0 <= lora_dropout < 1, "
                           "rerank_depth >= 1")
     if g.lr <= 0 or g.epochs < 1 or g.batch_size < 1 or g.checkpoint_every < 1 or g.generate_batch_size < 1 \
-            or g.train_questions < 1:
-        raise ConfigError(f"{where}.generator: need lr > 0 and epochs, batch_size, checkpoint_every, "
-                          "generate_batch_size, train_questions >= 1")
+            or g.train_questions < 1 or not 0 <= g.lora_dropout < 1:
+        raise ConfigError(f"{where}.generator: need lr > 0, 0 <= lora_dropout < 1 and epochs, batch_size, "
+                          "checkpoint_every, generate_batch_size, train_questions >= 1")
     d = p.data
     if d.eval_questions_per_dataset < 1 or d.corpus_pool_questions_per_dataset < d.eval_questions_per_dataset \
             or d.distractor_passages < 0 or d.train_questions_per_source < 0:

@@ -38,7 +38,7 @@ def add_generator_adapter(model, profile: Profile) -> None:
     rc = profile.retriever
     if GENERATOR_ADAPTER not in model.peft_config:
         model.add_adapter(GENERATOR_ADAPTER, lora_config(model, rc.lora_layers, rc.lora_r, rc.lora_alpha,
-                                                         rc.lora_dropout, rc.lora_targets))
+                                                         profile.generator.lora_dropout, rc.lora_targets))
 
 
 @dataclass
@@ -145,8 +145,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     if total_steps == 0:
         raise ValueError(f"{len(data)} generator examples are fewer than one global batch of "
                          f"{g.batch_size} x {world} processes")
-    lora = {k: getattr(profile.retriever, k) for k in ("lora_layers", "lora_r", "lora_alpha", "lora_dropout",
-                                                       "lora_targets")}
+    lora = {k: getattr(profile.retriever, k) for k in ("lora_layers", "lora_r", "lora_alpha", "lora_targets")}
     config = {"generator": asdict(g), "lora": lora, "seed": profile.seed, "total_steps": total_steps, "processes": world,
               "data_key": data_key or data.key()}
     config = jsonable(config)
