@@ -5,7 +5,9 @@ Prints, from one run on this machine:
      (tokens/s and GFLOP/s from the trunk's parameter count), with its share of the peak;
   2. training-step time with the trunk cache (top L layers on cached states) and without it
      (every layer from the tokens, LoRA on the top L), and their ratio;
-  3. the wall time of notebooks 02-04 from reports/results/timings.json (written by `make reproduce`).
+  3. the cached step with LoRA dropout 0.05 (docs/method.md's) and without dropout (the cpu
+     profile's `retriever.lora_dropout = 0`), and their ratio (CPU dropout masks are costly);
+  4. the wall time of notebooks 02-04 from reports/results/timings.json (written by `make reproduce`).
 Writes the same numbers to reports/results/benchmarks/stage1_speed.json.
 
 Usage: .venv/bin/python benchmarks/stage1_speed.py [--profile cpu] [--steps 5]
@@ -21,7 +23,7 @@ import torch
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
-from invar_rag_lib.llm.encoder import encode_full, tokenize, trunk_states
+from invar_rag_lib.llm.encoder import RETRIEVER_ADAPTER, encode_full, set_lora_dropout, tokenize, trunk_states
 from invar_rag_lib.paths import reports_dir
 from invar_rag_lib.stage1.pipeline import RetrieverStage
 from invar_rag_lib.llm.retriever import TopEncoder
@@ -80,7 +82,7 @@ def main() -> None:
     q_tok = tokenize(stage.tokenizer, q_texts, rc.query_max_len, rc.padding_side)
     p_tok = tokenize(stage.tokenizer, p_texts, rc.max_len, rc.padding_side)
     stage.model.train()
-    top = TopEncoder(stage.model, stage.split, rc.padding_side)
+    top = TopEncoder(stage.model, stage.split, rc.padding_side, rc.pooling)
     params = [p for p in stage.model.parameters() if p.requires_grad]
 
     def step(cached: bool) -> float:
@@ -99,6 +101,12 @@ def main() -> None:
     for cached in (True, False):
         step(cached)
         timings[cached] = min(step(cached) for _ in range(args.steps))
+    by_dropout = {}
+    for p in (0.05, 0.0):
+        set_lora_dropout(stage.model, RETRIEVER_ADAPTER, p)
+        step(True)
+        by_dropout[p] = min(step(True) for _ in range(args.steps))
+    set_lora_dropout(stage.model, RETRIEVER_ADAPTER, rc.lora_dropout)
     stage.model.eval()
 
     nb_times = {}
@@ -114,6 +122,10 @@ def main() -> None:
         "train_step_s_with_trunk_cache": round(timings[True], 4),
         "train_step_s_without_trunk_cache": round(timings[False], 4),
         "trunk_cache_speedup": round(timings[False] / timings[True], 2),
+        "lora_dropout_of_profile": rc.lora_dropout,
+        "train_step_s_cached_dropout_0.05": round(by_dropout[0.05], 4),
+        "train_step_s_cached_dropout_0": round(by_dropout[0.0], 4),
+        "dropout_step_ratio": round(by_dropout[0.05] / by_dropout[0.0], 2),
         "notebook_wall_s": nb_times, "notebooks_02_04_total_s": round(sum(nb_times.values()), 1),
     }
     for k, v in out.items():

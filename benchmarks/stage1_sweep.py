@@ -24,13 +24,14 @@ import torch
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
+from invar_rag_lib.llm.encoder import RETRIEVER_ADAPTER, set_lora_dropout
 from invar_rag_lib.paths import data_dir, reports_dir
 from invar_rag_lib.retrieval.harness import evaluate_run, random_ranking
 from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare, validation_set
 from invar_rag_lib.stage1.train import Objective, train_retriever
 
 # The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
-BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2}
+BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2, "lora_dropout": 0.05}
 BASE_STAGE1 = {"lr": 1e-3, "epochs": 1, "batch_size": 16, "group_size": 8, "projection": "none"}
 # name -> (objective, retriever overrides, stage1 overrides) on top of the base.
 POINTS = {
@@ -52,6 +53,12 @@ POINTS = {
     "ridge-lr3e-3-invar": (Objective(alpha=1.0, lam=0.5), {}, {"projection": "ridge", "lr": 3e-3}),
     "ridge-ctr-only": (Objective(), {}, {"projection": "ridge"}),
     "ridge-invar": (Objective(alpha=1.0, lam=0.5), {}, {"projection": "ridge"}),
+    # No dropout on the adapter's inputs: one epoch sees each group once, and the random masks
+    # cost about a quarter of a training step on CPU (benchmarks/stage1_speed.py).
+    "lr3e-3-nodrop": (Objective(alpha=1.0), {"lora_dropout": 0.0}, {"lr": 3e-3}),
+    "ridge-lr3e-3-nodrop": (Objective(alpha=1.0), {"lora_dropout": 0.0}, {"projection": "ridge", "lr": 3e-3}),
+    "ridge-lr3e-3-invar-nodrop": (Objective(alpha=1.0, lam=0.5), {"lora_dropout": 0.0},
+                                  {"projection": "ridge", "lr": 3e-3}),
 }
 
 
@@ -121,6 +128,7 @@ def main() -> None:
                    "base": {"pooling": rc.pooling, "tau_r": rc.tau_r, "lr": s1.lr, "epochs": s1.epochs,
                             "batch_size": s1.batch_size, "group_size": s1.group_size,
                             "lora_layers": base_profile.retriever.lora_layers, "projection": s1.projection,
+                            "lora_dropout": rc.lora_dropout,
                             "objective": "L_ctr + α L_align, α = 1"},
                    "rows": ordered_rows, "timings_s": timings,
                    "note": "train s is wall time on the 2-core machine; some points ran beside other jobs"}
@@ -153,6 +161,7 @@ def main() -> None:
             main_data = stage.training_data(env_subset(prepared.all_groups, 0, s_over["group_size"]), None, None)
         stage.profile = p
         stage.reset_adapter()
+        set_lora_dropout(stage.model, RETRIEVER_ADAPTER, p.retriever.lora_dropout)
         projection = None
         if p.stage1.projection == "ridge":
             if p.stage1.ridge_lambda not in ridge:
@@ -177,6 +186,7 @@ def main() -> None:
         write()
     stage.profile = profile
     stage.reset_adapter()
+    set_lora_dropout(stage.model, RETRIEVER_ADAPTER, profile.retriever.lora_dropout)
     write()
     print((reports_dir(profile.reports_dir) / "tables" / "stage1_sweep.md").read_text())
 

@@ -139,6 +139,15 @@ def lora_config(model, lora_layers: int, r: int, alpha: int, dropout: float, tar
                       layers_to_transform=list(range(split_point(model, lora_layers), n)), bias="none")
 
 
+def set_lora_dropout(model, adapter_name: str, p: float) -> None:
+    """Set the dropout on the inputs of `adapter_name`'s LoRA modules to `p` (0 = none: peft's
+    Identity, no random masks; the weights and their initialisation are unchanged)."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict) and adapter_name in dropouts:
+            dropouts[adapter_name] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
+
+
 def add_retriever_adapter(model, lora_layers: int, r: int, alpha: int, dropout: float,
                           target_modules: Sequence[str], adapter_name: str = RETRIEVER_ADAPTER):
     """Wrap `model` with a named peft LoRA adapter on the top `lora_layers` layers (0 = all);
