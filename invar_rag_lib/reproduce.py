@@ -157,6 +157,16 @@ def _failing_code_cell(executed: Path) -> tuple[int, str]:
     return 0, ""
 
 
+def kernel_config():
+    """Jupyter config for papermill's kernel manager: CurveZMQ keys for the kernel's local TCP
+    sockets wherever the kernelspec supports them ("auto"), since ipykernel >= 7.3 warns on every
+    start over unencrypted TCP and that warning would land in every run's log."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
 def ensure_kernel() -> str:
     """Register (or refresh) a kernelspec that runs *this* interpreter, so papermill never picks
     up another environment's python."""
@@ -217,7 +227,8 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
             try:
                 # A per-cell progress bar where a person watches a terminal; none in CI logs.
                 pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
-                                    cwd=str(nb.parent), progress_bar=sys.stderr.isatty(), log_output=False)
+                                    cwd=str(nb.parent), progress_bar=sys.stderr.isatty(), log_output=False,
+                                    config=kernel_config())
             except pm.PapermillExecutionError as exc:
                 failed = out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                 os.replace(tmp, failed)
