@@ -62,10 +62,11 @@ def ablation_curves(results: dict, k: int = HEADLINE_K):
                 ax.set_ylabel(ylabel)
             if row == 1:
                 ax.set_xlabel(label)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend, below the panels
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.align_ylabels(axes[:, 0])
     missing = results.get("not_run") or []
     fig.suptitle("Ablations of invar (rerank, same candidates and eval rewrites)"
                  + (f"; not run in this profile: {', '.join(missing)}" if missing else ""), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

@@ -137,6 +137,7 @@ def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
         ax.set_xticks(np.arange(len(rows)), rows, rotation=25, ha="right")
         ax.set_ylim(bottom=0)
         ax.set_title(f"{METRIC_NAMES[m]} (%)", fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend, below the panels
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
