@@ -21,7 +21,6 @@ from .paths import repo_root
 from .reporting import Reports, fmt_ci
 
 
-
 @dataclass(frozen=True)
 class Artifact:
     stem: str  # file stem under tables/ (md, csv, tex) or figures/ (png, pdf)

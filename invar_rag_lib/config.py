@@ -129,7 +129,8 @@ class GeneratorConfig:
     The adapter has the retriever's LoRA shape (`retriever.lora_*`, same top `L` layers), so the
     trunk cache serves its training too; its dropout is its own (`lora_dropout`). The prompt is
     `instruction` + `n_shot` demonstrations + the top-`k` passages (each cut to `passage_tokens`
-    tokens) + the question; the demonstrations come first, so one key/value cache of that shared prefix serves every prompt.
+    tokens) + the question; the demonstrations come first, so one key/value cache of that shared
+    prefix serves every prompt.
     """
     retriever_variant: str = "invar"  # whose top-k passages the generator reads (frozen)
     k: int = 3

