@@ -90,6 +90,13 @@ def test_resume_under_another_config_is_refused_naming_the_field(tmp_path):
     assert "cannot resume" in proc.stderr and "stage1.lr" in proc.stderr
 
 
+def test_resume_under_another_lora_dropout_is_refused(tmp_path):
+    run_script(tmp_path, accum=1, stop="2")
+    proc = run_script(tmp_path, accum=1, resume=True, flags=["--dropout=0.3"], expect_ok=False)
+    assert proc.returncode != 0
+    assert "cannot resume" in proc.stderr and "retriever.lora_dropout" in proc.stderr
+
+
 def test_resume_from_a_damaged_checkpoint_is_refused(tmp_path):
     run_script(tmp_path, accum=2, stop="2")
     adapter = tmp_path / "checkpoint-latest" / "adapter.safetensors"

@@ -33,6 +33,12 @@ from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_
 from .environments import Environment
 
 
+# The `retriever.*` fields that change what training produces: a checkpoint is reused or resumed
+# only under the same values (evaluation-only fields such as rerank_depth are left out).
+TRAINING_FIELDS = ("pooling", "tau_r", "lora_layers", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                   "max_len", "query_max_len", "query_template", "passage_template")
+
+
 @dataclass(frozen=True)
 class Objective:
     """Weights of the loss terms: L = c L_ctr + α L_align + λ L_inv + μ KL(Q_orig ‖ P_θ) (c = 1 in
@@ -171,8 +177,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
         raise ValueError(f"{len(data)} training groups are fewer than one global batch "
                          f"({micro} x {world} processes x {s1.grad_accum} accumulation)")
     config = {"objective": asdict(objective), "stage1": asdict(s1), "seed": profile.seed,
-              "retriever": {k: v for k, v in asdict(rc).items() if k in ("pooling", "tau_r", "lora_layers",
-                                                                        "lora_r", "lora_alpha", "max_len")},
+              "retriever": {k: v for k, v in asdict(rc).items() if k in TRAINING_FIELDS},
               "processes": world, "total_steps": total_steps, "data_key": data_key,
               "projection": None if projection is None else hashlib.sha256(projection.numpy().tobytes()).hexdigest()[:16]}
     config = jsonable(config)
