@@ -221,7 +221,10 @@ def show(reports: Reports, stem: str):
     out = build(reports, stem)
     if get(stem).kind == "table":
         return out
-    from IPython.display import Image
+    try:
+        from IPython.display import Image
+    except ImportError:  # a headless run on a machine without IPython (invar_rag_lib/headless.py)
+        from .headless import Image
 
     return Image(filename=str(out["png"]))
 

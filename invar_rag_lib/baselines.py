@@ -13,6 +13,7 @@ from .data import Benchmark
 from .integrity import IntegrityError, read_sealed_json, write_sealed_json
 from .paths import cache_dir, runs_dir
 from .retrieval.bm25 import BM25Retriever
+from .llm.device import compute_device
 from .retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
 from .retrieval.harness import evaluate_run, paired_pvalue_at_k
 
@@ -41,7 +42,7 @@ class CoarseRetrievers:
             cache_dir() / "indexes", log=log)
         self.timings["bm25_index_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size)
+        self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
         self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
         self.corpus_emb = self.cache.get_or_encode(shown, self.encoder.encode, log=log)
         self.timings["minilm_corpus_encode_s"] = time.perf_counter() - t0

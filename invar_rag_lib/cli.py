@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
     rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
                      metavar="NAME=VALUE", help="extra notebook parameter (JSON value)")
+    rep.add_argument("--headless", action="store_true",
+                     help="run the notebooks' code in this process, without Jupyter or papermill (for a "
+                     "machine that lacks them); no executed copies, logs in <reports>/executed/*.log")
+    rep.add_argument("--keep-going", action="store_true",
+                     help="with --headless: run the next notebook after a failure, report failures at the end")
     rp = sub.add_parser("report", help="regenerate every table and figure, and the gallery README, "
                         "from <reports>/results alone (no model)")
     rp.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
@@ -149,8 +154,15 @@ def _run(args) -> int:
         from .reproduce import NotebookFailed, run_notebooks
 
         load_profile(args.profile)  # fail fast on an unknown profile
+        if args.keep_going and not args.headless:
+            raise ValueError("--keep-going works with --headless only (papermill stops at the first failure)")
         try:
-            timings = run_notebooks(args.profile, args.only, dict(args.parameter))
+            if args.headless:
+                from .headless import run_headless
+
+                timings = run_headless(args.profile, args.only, dict(args.parameter), keep_going=args.keep_going)
+            else:
+                timings = run_notebooks(args.profile, args.only, dict(args.parameter))
         except NotebookFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -35,8 +35,8 @@ def trunk_cache_check(stage: RetrieverStage, texts: list[str]) -> dict:
         enc.padding_side = side
         cached = enc.encode(stage.states(texts, rc.max_len))
         if stage.projection is not None:
-            plain = torch.nn.functional.normalize(plain @ stage.projection, dim=-1)
-        out[f"max_abs_diff_{side}"] = float((plain - cached).abs().max())
+            plain = torch.nn.functional.normalize(plain @ stage.projection.to(plain.device), dim=-1)
+        out[f"max_abs_diff_{side}"] = float((plain - cached.to(plain.device)).abs().max())
     out["tolerance"] = TRUNK_CACHE_TOLERANCE
     out["exact"] = all(v <= TRUNK_CACHE_TOLERANCE for k, v in out.items() if k.startswith("max_abs"))
     if not out["exact"]:
@@ -55,7 +55,7 @@ def group_distributions(stage: RetrieverStage, data: TrainingData, tau_r: float,
     size = stage.profile.retriever.score_batch_size
     p = torch.cat([enc.encode(flat[i:i + size]) for i in range(0, len(flat), size)])
     n, g = data.coarse.shape
-    scores = group_scores(q, p, tau_r)
+    scores = group_scores(q, p, tau_r).cpu()
     mask = torch.ones(n, g, dtype=torch.bool)
     return (losses.group_log_softmax(data.coarse, mask, tau_c).exp(),
             losses.group_log_softmax(scores, mask).exp(), scores)

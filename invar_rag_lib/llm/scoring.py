@@ -42,6 +42,7 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
     pad = pad_id(tokenizer)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, lm_head = inner.model, inner.lm_head
+    device = lm_head.weight.device
     out = torch.empty(len(pairs))
     for idx in progress(_length_batches([len(p) + len(a) for p, a in pairs], batch_size), "LSR scores",
                         unit="batch"):
@@ -50,6 +51,7 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
         for row, i in enumerate(idx):
             p, a = pairs[i]
             target[row, len(p): len(p) + len(a)] = True
+        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
         hidden = decoder(input_ids=ids, attention_mask=mask,
                          position_ids=positions_from_mask(mask)).last_hidden_state
         # The LM head (vocabulary-sized) runs only where an answer token is predicted: most
@@ -57,7 +59,7 @@ def answer_logliks(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
         rows, cols = target[:, 1:].nonzero(as_tuple=True)
         logp = torch.log_softmax(lm_head(hidden[rows, cols]).float(), dim=-1)
         token_logp = logp.gather(-1, ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
-        sums = torch.zeros(len(idx)).index_add_(0, rows, token_logp)
-        counts = torch.zeros(len(idx)).index_add_(0, rows, torch.ones_like(token_logp))
-        out[idx] = sums / counts
+        sums = torch.zeros(len(idx), device=device).index_add_(0, rows, token_logp)
+        counts = torch.zeros(len(idx), device=device).index_add_(0, rows, torch.ones_like(token_logp))
+        out[idx] = (sums / counts).cpu()
     return out

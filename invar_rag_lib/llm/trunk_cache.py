@@ -33,15 +33,18 @@ def trunk_fingerprint(model, split: int, extra: str = "") -> str:
             if "lora_" in name:
                 continue
             h.update(name.replace(".base_layer", "").encode())
-            h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 class TrunkCache:
-    def __init__(self, root: str | Path, fingerprint: str, log=print):
-        self.dir, self.log = Path(root) / fingerprint, log
+    """With `persist=False` the states live in memory only: with LoRA on every layer the "trunk" is
+    the embedding lookup, cheaper to redo than to write (gigabytes at the gpu profile's scale)."""
+
+    def __init__(self, root: str | Path, fingerprint: str, log=print, persist: bool = True):
+        self.dir, self.log, self.persist = Path(root) / fingerprint, log, persist
         self.states: dict[str, torch.Tensor] = {}
-        self.shards = sorted(self.dir.glob("shard-*.safetensors")) if self.dir.exists() else []
+        self.shards = sorted(self.dir.glob("shard-*.safetensors")) if persist and self.dir.exists() else []
         self._loaded = False
 
     @staticmethod
@@ -84,8 +87,9 @@ class TrunkCache:
                 chunk = todo[i:i + batch_size]
                 for k, state in zip(chunk, compute([text_of[k] for k in chunk])):
                     new[k] = state.detach().to(torch.float32).contiguous()
-            shard = self.dir / f"shard-{len(self.shards):05d}-{sha256_text(*todo)[:8]}.safetensors"
-            write_sealed(shard, save_bytes(new))
-            self.shards.append(shard)
+            if self.persist:
+                shard = self.dir / f"shard-{len(self.shards):05d}-{sha256_text(*todo)[:8]}.safetensors"
+                write_sealed(shard, save_bytes(new))
+                self.shards.append(shard)
             self.states.update(new)
         return [self.states[k] for k in keys]

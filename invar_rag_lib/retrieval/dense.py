@@ -29,7 +29,7 @@ def minilm_path() -> Path:
 
 
 class MiniLMEncoder:
-    """Sentence-transformers MiniLM on CPU; `fingerprint` names the weights and the settings."""
+    """Sentence-transformers MiniLM (on `device`); `fingerprint` names the weights and the settings."""
 
     def __init__(self, max_seq_length: int = 256, batch_size: int = 32, device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,17 +105,58 @@ class EmbeddingCache:
         write_sealed(self.path, buf.getvalue())
 
 
+def search_backend() -> str:
+    """`faiss` where it is installed (`make setup` installs it), else `torch`: the same exact search."""
+    from importlib import util
+
+    return "faiss" if util.find_spec("faiss") is not None else "torch"
+
+
 class DenseRetriever:
-    """Exact inner-product search (faiss.IndexFlatIP) over L2-normalised embeddings."""
+    """Exact inner-product search over L2-normalised embeddings: faiss.IndexFlatIP, or, where faiss
+    is not installed (a GPU machine of this workplace), the same search as a matrix product and a
+    top-k in torch, on the GPU when there is one. Both return every passage's exact score."""
 
-    def __init__(self, ids: Sequence[str], embeddings: np.ndarray):
-        import faiss
+    QUERY_CHUNK = 1024  # queries per matrix product in the torch backend
 
+    def __init__(self, ids: Sequence[str], embeddings, backend: str | None = None):
         self.ids = list(ids)
-        self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+        self.backend = backend or search_backend()
+        emb = _float32(embeddings)
+        if self.backend == "faiss":
+            import faiss
 
-    def search_embeddings(self, query_emb: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+            self.index = faiss.IndexFlatIP(emb.shape[1])
+            self.index.add(emb)
+        elif self.backend == "torch":
+            import torch
+
+            from ..llm.device import compute_device
+
+            self.matrix = torch.from_numpy(emb).to(compute_device())
+        else:
+            raise ValueError(f"unknown search backend {backend!r}; use 'faiss' or 'torch'")
+
+    def search_embeddings(self, query_emb, k: int) -> tuple[list[list[str]], np.ndarray]:
         k = min(k, len(self.ids))
-        scores, idx = self.index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+        queries = _float32(query_emb)
+        if self.backend == "faiss":
+            scores, idx = self.index.search(queries, k)
+        else:
+            import torch
+
+            parts_s, parts_i = [], []
+            for lo in range(0, len(queries), self.QUERY_CHUNK):
+                q = torch.from_numpy(queries[lo:lo + self.QUERY_CHUNK]).to(self.matrix.device)
+                top = torch.topk(q @ self.matrix.T, k, dim=1)
+                parts_s.append(top.values.cpu().numpy())
+                parts_i.append(top.indices.cpu().numpy())
+            scores = np.concatenate(parts_s) if parts_s else np.zeros((0, k), np.float32)
+            idx = np.concatenate(parts_i) if parts_i else np.zeros((0, k), np.int64)
         return [[self.ids[j] for j in row] for row in idx], scores
+
+
+def _float32(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, wherever it lives
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -164,9 +164,12 @@ class Evaluation:
             per_env = []
             for e in range(self.n_env):
                 qtexts = None if e == 0 else {q["id"]: self.query(q, e) for q in qs}
-                cands = ({q["id"]: list(stage.passages) for q in qs} if self.full
-                         else self.coarse_runs["minilm"][ds][e])
-                ranked = stage.rerank(qs, cands, self.depth, query_texts=qtexts, adapter=adapter, memo=memo)
+                if self.full:
+                    ranked = stage.search(qs, max(self.profile.retrieval.ks), query_texts=qtexts,
+                                          adapter=adapter, memo=memo)
+                else:
+                    ranked = stage.rerank(qs, self.coarse_runs["minilm"][ds][e], self.depth, query_texts=qtexts,
+                                          adapter=adapter, memo=memo)
                 per_env.append({qid: r[: max(self.profile.retrieval.ks)] for qid, r in ranked.items()})
             out[ds] = per_env
         self.last_reps = memo

@@ -41,7 +41,7 @@ class RetrieverStage:
         self.fingerprint = trunk_fingerprint(self.model, self.split, extra=rc.backbone)
         self.model_fingerprint = trunk_fingerprint(
             self.model, self.model.get_base_model().config.num_hidden_layers, extra=rc.backbone + ":full")
-        self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint, log=log)
+        self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint, log=log, persist=self.split > 0)
         self.passages = {row["id"]: row for row in bench.corpus}
         self.envs = environments(profile)
         self.projection: torch.Tensor | None = None  # the ridge map into MiniLM's space, when in use
@@ -138,7 +138,7 @@ class RetrieverStage:
         row = {pid: i for i, pid in enumerate(coarse.ids)}
         yq = torch.as_tensor(coarse.cache.get_or_encode(questions, coarse.encoder.encode, log=log))
         yp = torch.as_tensor(coarse.corpus_emb[[row[p] for p in pids]])
-        x, y = torch.cat([xq, xp]).double(), torch.cat([yq, yp]).double()
+        x, y = torch.cat([xq, xp]).cpu().double(), torch.cat([yq, yp]).double()
         w = torch.linalg.solve(x.T @ x + s1.ridge_lambda * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
         w = w.float().contiguous()
         write_sealed(path, save({"W": w}))
@@ -187,6 +187,20 @@ class RetrieverStage:
             order = torch.argsort(scores, descending=True, stable=True).tolist()
             run[q["id"]] = [cands[i] for i in order]
         return run
+
+    @torch.no_grad()
+    def search(self, questions: Sequence[dict], k: int, query_texts: dict[str, str] | None = None,
+               adapter: bool = True, memo: dict | None = None) -> dict[str, list[str]]:
+        """Full retrieval: every corpus passage scored by s_θ(q, d), the top `k` per question (exact
+        inner product, `DenseRetriever`); returns qid -> ranked ids. `memo` as for `rerank`."""
+        from ..retrieval.dense import DenseRetriever
+
+        pids = list(self.passages)
+        index = DenseRetriever(pids, self.passage_reps(pids, memo, adapter))
+        q_reps = self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"]))
+                                  for q in questions], adapter)
+        ranked, _ = index.search_embeddings(q_reps, k)
+        return {q["id"]: r for q, r in zip(questions, ranked)}
 
 
 def _chunks(items: list, size: int):

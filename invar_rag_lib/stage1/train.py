@@ -26,6 +26,7 @@ from ..config import Profile
 from ..io_utils import jsonable
 from ..paths import shown
 from ..progress import step_bar
+from ..llm.device import compute_device
 from ..llm.encoder import RETRIEVER_ADAPTER
 from ..llm.retriever import TopEncoder, encode_states, group_scores
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
@@ -162,7 +163,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     set_seed(profile.seed)
     # Gradient accumulation is written out below (loss / grad_accum, no all-reduce until the last
     # micro-batch, one optimizer step), so accelerate is not asked to accumulate.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=compute_device().type == "cpu")
     encoder = TopEncoder(model, split, rc.padding_side, rc.pooling, projection)
     if env_data is not None and not (objective.lsr or objective.lam):
         env_data = None  # this objective has no environment term
@@ -179,7 +180,7 @@ def train_retriever(model, split: int, data: TrainingData, objective: Objective,
     config = {"objective": asdict(objective), "stage1": asdict(s1), "seed": profile.seed,
               "retriever": {k: v for k, v in asdict(rc).items() if k in TRAINING_FIELDS},
               "processes": world, "total_steps": total_steps, "data_key": data_key,
-              "projection": None if projection is None else hashlib.sha256(projection.numpy().tobytes()).hexdigest()[:16]}
+              "projection": None if projection is None else hashlib.sha256(projection.cpu().numpy().tobytes()).hexdigest()[:16]}
     config = jsonable(config)
     if reuse and (done := finished_checkpoint(out_dir, config)):
         load_adapter(accelerator.unwrap_model(encoder).model, out_dir, RETRIEVER_ADAPTER)

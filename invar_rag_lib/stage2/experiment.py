@@ -90,22 +90,28 @@ class GenerationStage:
         record = train_variant(self.profile, self.bench, self.prepared, name, objective, reuse=True, log=self.log)
         self.timings["retriever_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        depth = self.profile.retriever.rerank_depth
-        minilm = load_run(self.profile.name, "minilm", self.bench)["runs"]
-        coarse = CoarseRetrievers(self.profile, self.bench, log=self.log)
-        train_cands = coarse.search("minilm", [q["question"] for q in self.train_questions], depth)
+        keep = self.profile.generator.k + RUN_MARGIN
+        full = self.profile.retriever.mode == "full"
+        depth = len(self.stage.passages) if full else self.profile.retriever.rerank_depth
         runs = {}
         memo: dict = {}
-        groups = {**{ds: (qs, minilm[ds]) for ds, qs in self.questions.items()},
-                  "train": (self.train_questions, {q["id"]: c for q, c in zip(self.train_questions, train_cands)})}
-        for split, (qs, cands) in groups.items():
-            ranked = self.stage.rerank(qs, cands, depth, adapter=objective is not None, memo=memo)
-            runs[split] = {qid: r[: self.profile.generator.k + RUN_MARGIN] for qid, r in ranked.items()}
+        splits = {**self.questions, "train": self.train_questions}
+        if full:  # every corpus passage scored, as notebook 04 evaluates in this mode
+            for split, qs in splits.items():
+                runs[split] = self.stage.search(qs, keep, adapter=objective is not None, memo=memo)
+        else:
+            minilm = load_run(self.profile.name, "minilm", self.bench)["runs"]
+            coarse = CoarseRetrievers(self.profile, self.bench, log=self.log)
+            train_cands = coarse.search("minilm", [q["question"] for q in self.train_questions], depth)
+            cands = {**minilm, "train": {q["id"]: c for q, c in zip(self.train_questions, train_cands)}}
+            for split, qs in splits.items():
+                ranked = self.stage.rerank(qs, cands[split], depth, adapter=objective is not None, memo=memo)
+                runs[split] = {qid: r[:keep] for qid, r in ranked.items()}
         self.stage.reset_adapter()
         self.timings["retriever_run_s"] = time.perf_counter() - t0
         saved = {"retriever": name, "depth": depth, "runs": runs, "key": key,
                  "training_reused": bool(record and record.get("reused")),
-                 "mode": f"rerank of MiniLM's top {depth}",
+                 "mode": "full corpus (exact inner product)" if full else f"rerank of MiniLM's top {depth}",
                  "benchmark_build_key": self.bench.manifest["build_key"]}
         write_sealed_json(path, saved)
         return saved
@@ -129,7 +135,8 @@ class GenerationStage:
 
     def train_generator(self, run: dict, reuse: bool = True) -> dict:
         add_generator_adapter(self.model, self.profile)
-        trunk = TrunkCache(cache_dir() / "trunk-generator", self.stage.fingerprint, log=self.log)
+        trunk = TrunkCache(cache_dir() / "trunk-generator", self.stage.fingerprint, log=self.log,
+                           persist=self.stage.split > 0)
         data = GeneratorData(self.stage, self.training_examples(run), trunk, self.profile.generator.trunk_batch_size)
         t0 = time.perf_counter()
         out = data_dir() / "checkpoints" / self.profile.name / "generator"
@@ -235,5 +242,5 @@ def _state_hash(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
-        h.update(state[name].float().contiguous().numpy().tobytes())
+        h.update(state[name].float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -23,6 +23,7 @@ from ..config import Profile
 from ..io_utils import jsonable, sha256_text
 from ..paths import shown
 from ..progress import step_bar
+from ..llm.device import compute_device
 from ..llm.encoder import Batch, decoder_of, lora_config, run_layers, trunk_states
 from ..training import (checkpoint_path, clean_leftovers, epoch_order, finished_checkpoint, get_lr,
                         load_adapter, load_checkpoint, micro_batch, save_checkpoint)
@@ -132,7 +133,7 @@ def train_generator(model, split: int, data: GeneratorData, profile: Profile, ou
     out_dir = Path(out_dir)
     set_seed(profile.seed)
     model.set_adapter(GENERATOR_ADAPTER)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=compute_device().type == "cpu")
     top = GeneratorTop(model, split)
     params = [p for n, p in model.named_parameters() if f".{GENERATOR_ADAPTER}." in n]
     for n, p in model.named_parameters():

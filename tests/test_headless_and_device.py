@@ -1,0 +1,116 @@
+"""The pieces a GPU machine without papermill or faiss runs on (benchmarks/device_check.sh):
+the headless notebook runner, the device rule, the torch exact search, full-corpus LLM search."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from invar_rag_lib import headless
+from invar_rag_lib.llm.device import compute_device
+from invar_rag_lib.llm.trunk_cache import TrunkCache
+from invar_rag_lib.reproduce import NotebookFailed
+from invar_rag_lib.retrieval.dense import DenseRetriever
+
+
+def _notebook(path, *cells):
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": tags}, "source": src, "outputs": []}
+                    for tags, src in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_headless_overrides_parameters_and_prints_the_last_expression(tmp_path, capsys):
+    nb = _notebook(tmp_path / "00_t.ipynb", (["parameters"], "x = 1\nname = 'a'"),
+                   ([], "y = x * 2\nprint('y is', y)"), ([], "name + '!'"), ([], "None"))
+    headless.run_notebook(nb, {"x": 5})
+    assert capsys.readouterr().out.splitlines() == ["y is 10", "a!"]
+
+
+def test_headless_refuses_an_undeclared_parameter(tmp_path):
+    nb = _notebook(tmp_path / "00_t.ipynb", (["parameters"], "x = 1"), ([], "x"))
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['profil'\]; its parameters are \['x'\]"):
+        headless.run_notebook(nb, {"profil": "cpu"})
+
+
+def test_headless_names_the_failing_cell(tmp_path):
+    nb = _notebook(tmp_path / "03_t.ipynb", (["parameters"], "x = 1"), ([], "z = 2"), ([], "1 / (x - 1)"))
+    with pytest.raises(NotebookFailed, match=r"03_t.ipynb failed in code cell #3 \(starting '1 / \(x - 1\)'\): "
+                                             r"ZeroDivisionError"):
+        headless.run_notebook(nb, {})
+
+
+def test_headless_points_ipython_imports_at_its_stand_ins():
+    src = "import pandas as pd\nfrom IPython.display import Markdown, display\n"
+    out = headless.without_ipython(src)
+    assert "IPython" not in out and "from invar_rag_lib.headless import Markdown, display" in out
+    ns: dict = {}
+    exec(out, ns)
+    assert repr(ns["Markdown"]("**x**")) == "**x**"
+
+
+def test_headless_needs_a_fixed_hash_seed(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    with pytest.raises(RuntimeError, match="PYTHONHASHSEED=0"):
+        headless.run_headless("smoke")
+
+
+def test_device_rule(monkeypatch):
+    monkeypatch.setenv("INVAR_RAG_DEVICE", "cpu")
+    assert compute_device().type == "cpu"
+    monkeypatch.setenv("INVAR_RAG_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="INVAR_RAG_DEVICE='tpu': use auto, cpu or cuda"):
+        compute_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("INVAR_RAG_DEVICE", "cuda")
+        with pytest.raises(RuntimeError, match="torch sees no GPU"):
+            compute_device()
+        monkeypatch.delenv("INVAR_RAG_DEVICE")
+        assert compute_device().type == "cpu"
+
+
+def test_torch_search_equals_faiss_search():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 24)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    queries = rng.normal(size=(37, 24)).astype(np.float32)
+    ids = [f"p{i}" for i in range(300)]
+    DenseRetriever.QUERY_CHUNK = 10  # several chunks
+    a_ids, a_scores = DenseRetriever(ids, emb, backend="faiss").search_embeddings(queries, 20)
+    b_ids, b_scores = DenseRetriever(ids, torch.from_numpy(emb), backend="torch").search_embeddings(
+        torch.from_numpy(queries), 20)
+    assert a_ids == b_ids
+    np.testing.assert_allclose(a_scores, b_scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown search backend 'annoy'"):
+        DenseRetriever(ids, emb, backend="annoy")
+
+
+def test_in_memory_trunk_cache_writes_nothing(tmp_path):
+    cache = TrunkCache(tmp_path / "trunk", "fp", persist=False)
+    out = cache.get_or_compute(["a", "bb"], 8, lambda texts: [torch.ones(len(t), 3) for t in texts])
+    assert [tuple(s.shape) for s in out] == [(1, 3), (2, 3)]
+    assert not (tmp_path / "trunk").exists()
+    assert len(cache) == 2
+
+
+def test_full_search_equals_a_rerank_of_the_whole_corpus(built_tiny, tmp_path):
+    """`RetrieverStage.search` (the gpu profile's retrieval) ranks as `rerank` over every passage."""
+    from conftest import tiny_profile_dict
+
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.stage1.pipeline import RetrieverStage
+
+    _, bench = built_tiny
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
+                           "mode": "full"}
+    values["stage1"] = {"windows": [12]}
+    stage = RetrieverStage(profile_from_dict(values), bench, log=lambda *a: None)
+    qs = bench.eval_records("nq")
+    everything = {q["id"]: list(stage.passages) for q in qs}
+    reranked = stage.rerank(qs, everything, len(stage.passages))
+    searched = stage.search(qs, 5)
+    assert searched == {qid: r[:5] for qid, r in reranked.items()}
