@@ -7,7 +7,9 @@ Prints, from one run on this machine:
      (every layer from the tokens, LoRA on the top L), and their ratio;
   3. the cached step with LoRA dropout 0.05 (docs/method.md's) and without dropout (the cpu
      profile's `retriever.lora_dropout = 0`), and their ratio (CPU dropout masks are costly);
-  4. the wall time of notebooks 02-04 from reports/results/timings.json (written by `make reproduce`).
+  4. the trunk pass in float32 and with the int8 trunk (`retriever.trunk_quantization`), their
+     throughput ratio, and how close the pooled h(x) of the two are (cosine, untrained adapter);
+  5. the wall time of notebooks 02-04 from reports/results/timings.json (written by `make reproduce`).
 Writes the same numbers to reports/results/benchmarks/stage1_speed.json.
 
 Usage: .venv/bin/python benchmarks/stage1_speed.py [--profile cpu] [--steps 5]
@@ -15,6 +17,7 @@ Usage: .venv/bin/python benchmarks/stage1_speed.py [--profile cpu] [--steps 5]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -63,15 +66,28 @@ def main() -> None:
     peak = matmul_peak()
     batches = [tokenize(stage.tokenizer, texts[i:i + rc.encode_batch_size], rc.max_len, rc.padding_side)
                for i in range(0, len(texts), rc.encode_batch_size)]
-    trunk_states(stage.model, batches[0], stage.split)  # warm-up
-    t0 = time.perf_counter()
-    tokens = 0
-    for batch in batches:
-        trunk_states(stage.model, batch, stage.split)
-        tokens += int(batch.input_ids.numel())  # padded tokens are computed too
-    dt = time.perf_counter() - t0
-    tok_s = tokens / dt
+    def trunk_pass(model) -> tuple[float, list]:
+        trunk_states(model, batches[0], stage.split)  # warm-up
+        t0 = time.perf_counter()
+        tokens, states = 0, []
+        for batch in batches:
+            states += trunk_states(model, batch, stage.split)
+            tokens += int(batch.input_ids.numel())  # padded tokens are computed too
+        return tokens / (time.perf_counter() - t0), states
+
+    tok_s, states = trunk_pass(stage.model)
     gflops = tok_s * trunk_flops_per_token(stage) / 1e9
+    # The other trunk arithmetic, on a second copy of the model (same weights, same texts).
+    other_mode = "int8" if rc.trunk_quantization == "none" else "none"
+    other = RetrieverStage(dataclasses.replace(profile, retriever=dataclasses.replace(rc, trunk_quantization=other_mode)),
+                           bench, log=lambda *a: None)
+    other_tok_s, other_states = trunk_pass(other.model)
+    with torch.no_grad():
+        mine = TopEncoder(stage.model, stage.split, rc.padding_side, rc.pooling).encode(states)
+        theirs = TopEncoder(other.model, other.split, rc.padding_side, rc.pooling).encode(other_states)
+    cos = torch.nn.functional.cosine_similarity(mine, theirs)
+    by_mode = {rc.trunk_quantization: tok_s, other_mode: other_tok_s}
+    del other
 
     # One training micro-batch: batch_size queries × group_size passages, original environment.
     s1 = profile.stage1
@@ -119,6 +135,12 @@ def main() -> None:
         "matmul_peak_gflops": round(peak, 1),
         "trunk_tokens_per_s": round(tok_s, 1), "trunk_gflops": round(gflops, 1),
         "trunk_share_of_peak": round(gflops / peak, 3),
+        "trunk_quantization_of_profile": rc.trunk_quantization,
+        "trunk_tokens_per_s_float32": round(by_mode["none"], 1),
+        "trunk_tokens_per_s_int8": round(by_mode["int8"], 1),
+        "trunk_int8_speedup": round(by_mode["int8"] / by_mode["none"], 2),
+        "pooled_cosine_int8_vs_float32_mean": round(float(cos.mean()), 4),
+        "pooled_cosine_int8_vs_float32_min": round(float(cos.min()), 4),
         "train_step_s_with_trunk_cache": round(timings[True], 4),
         "train_step_s_without_trunk_cache": round(timings[False], 4),
         "trunk_cache_speedup": round(timings[False] / timings[True], 2),

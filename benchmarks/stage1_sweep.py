@@ -31,7 +31,8 @@ from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, pr
 from invar_rag_lib.stage1.train import Objective, train_retriever
 
 # The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
-BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2, "lora_dropout": 0.05}
+BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2, "lora_dropout": 0.05,
+                  "trunk_quantization": "none"}
 BASE_STAGE1 = {"lr": 1e-3, "epochs": 1, "batch_size": 16, "group_size": 8, "projection": "none"}
 # name -> (objective, retriever overrides, stage1 overrides) on top of the base.
 POINTS = {
@@ -82,9 +83,15 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, default=BASE_RETRIEVER["lora_layers"],
                     help="LoRA depth for this run's points (another depth needs its own trunk states; "
                          "its rows are named L<depth>-<point>)")
+    ap.add_argument("--trunk", choices=["none", "int8"], default="none",
+                    help="the frozen trunk's arithmetic for this run (int8: llm/quantize.py); its rows, floors "
+                         "included, are named int8-<point>")
     args = ap.parse_args()
     depth = {} if args.lora_layers == BASE_RETRIEVER["lora_layers"] else {"lora_layers": args.lora_layers}
     prefix = f"L{args.lora_layers}-" if depth else ""
+    if args.trunk != "none":
+        depth["trunk_quantization"] = args.trunk
+        prefix = f"{args.trunk}-{prefix}"
     base_profile = with_fields(load_profile(args.profile), {}, {})
     profile = with_fields(load_profile(args.profile), depth, {})
     rc, s1 = profile.retriever, profile.stage1
@@ -107,20 +114,22 @@ def main() -> None:
     rows = {"random": {**{k: round(100 * v["mean"], 1) for k, v in
                           random_ranking(cands, val, text, ks, n_boot, seed)["metrics"].items()}},
             "minilm": score(cands)}
+    timings[f"{prefix}prepare_s"] = timings.pop("prepare_s")
     t0 = time.perf_counter()
     stage.states([stage.passage_text(p) for p in dict.fromkeys(p for r in ranked for p in r)],
                                  rc.max_len)
-    timings["val_trunk_s"] = round(time.perf_counter() - t0, 1)
+    timings[f"{prefix}val_trunk_s"] = round(time.perf_counter() - t0, 1)
     for pooling in ("eos", "mean"):
         stage.profile = with_fields(profile, {**depth, "pooling": pooling}, {})
         stage.reset_adapter()
-        rows[f"llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
+        rows[f"{prefix if args.trunk != 'none' else ''}llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
                                          "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
         order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)",
-                 *(f"{d}{p}" for d in ("", "L1-", "L3-", "L4-") for p in POINTS)]
+                 *(f"{d}{p}" for d in ("", "L1-", "L3-", "L4-") for p in POINTS),
+                 "int8-llm-zero (eos)", "int8-llm-zero (mean)", *(f"int8-{p}" for p in POINTS)]
         ordered_rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
         payload = {"profile": profile.name, "validation_questions": len(val),
                    "training_groups": len(prepared.main), "env_groups": len(prepared.data),
@@ -148,6 +157,7 @@ def main() -> None:
         old = json.loads(out_json.read_text())
         if old.get("validation_questions") == len(val) and old.get("training_groups") == len(prepared.main):
             rows = {**old["rows"], **{k: v for k, v in rows.items() if k not in old["rows"]}}
+            timings = {**old.get("timings_s", {}), **timings}
     ridge = {}
     for point in args.points:
         name = prefix + point

@@ -74,6 +74,9 @@ class RetrieverConfig:
     score_batch_size: int = 64  # trunk states per top-layer forward when scoring (rerank, full, checks)
     mode: str = "rerank"  # rerank: score MiniLM's top `rerank_depth`; full: encode the whole corpus
     rerank_depth: int = 100
+    # "int8": the frozen layers below the LoRA layers run PyTorch's dynamic int8 linear kernels
+    # (CPU only; llm/quantize.py); "none": float32 everywhere (METHOD's model as it is).
+    trunk_quantization: str = "none"
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,10 @@ def _validate(p: Profile, where: str) -> None:
     r = p.retriever
     if r.padding_side not in ("left", "right"):
         raise ConfigError(f"{where}.retriever.padding_side must be 'left' or 'right', got {r.padding_side!r}")
+    if r.trunk_quantization not in ("none", "int8"):
+        raise ConfigError(f"{where}.retriever.trunk_quantization must be 'none' or 'int8', got {r.trunk_quantization!r}")
+    if r.trunk_quantization == "int8" and r.lora_layers == 0:
+        raise ConfigError(f"{where}.retriever.trunk_quantization = 'int8' needs a frozen trunk (lora_layers > 0)")
     if r.mode not in ("full", "rerank"):
         raise ConfigError(f"{where}.retriever.mode must be 'full' or 'rerank', got {r.mode!r}")
     s1 = p.stage1

@@ -16,6 +16,7 @@ from ..data import Benchmark
 from ..llm.backbone import load_backbone
 from ..llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, format_passage, format_query, split_point,
                            tokenize, trunk_states)
+from ..llm.quantize import quantize_trunk
 from ..llm.trunk_cache import TrunkCache, trunk_fingerprint
 from ..paths import cache_dir
 from .environments import environments
@@ -38,9 +39,12 @@ class RetrieverStage:
                                            rc.lora_dropout, rc.lora_targets)
         self.model.eval()
         self.initial_adapter = lora_state(self.model, RETRIEVER_ADAPTER)  # every variant starts from this init
-        self.fingerprint = trunk_fingerprint(self.model, self.split, extra=rc.backbone)
+        # Fingerprints of the float32 weights, tagged with the trunk's arithmetic (int8 states differ).
+        arithmetic = "" if rc.trunk_quantization == "none" else f":{rc.trunk_quantization}"
+        self.fingerprint = trunk_fingerprint(self.model, self.split, extra=rc.backbone + arithmetic)
         self.model_fingerprint = trunk_fingerprint(
-            self.model, self.model.get_base_model().config.num_hidden_layers, extra=rc.backbone + ":full")
+            self.model, self.model.get_base_model().config.num_hidden_layers, extra=rc.backbone + ":full" + arithmetic)
+        quantize_trunk(self.model, self.split, rc.trunk_quantization)
         self.trunk = TrunkCache(cache_dir() / "trunk", self.fingerprint, log=log, persist=self.split > 0)
         self.passages = {row["id"]: row for row in bench.corpus}
         self.envs = environments(profile)

@@ -38,6 +38,7 @@ from .environments import Environment
 # only under the same values (evaluation-only fields such as rerank_depth are left out).
 TRAINING_FIELDS = ("pooling", "tau_r", "lora_layers", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
                    "max_len", "query_max_len", "query_template", "passage_template")
+# (retriever.trunk_quantization is in the data key instead: it changes the trunk's fingerprint.)
 
 
 @dataclass(frozen=True)
