@@ -114,3 +114,31 @@ def test_full_search_equals_a_rerank_of_the_whole_corpus(built_tiny, tmp_path):
     reranked = stage.rerank(qs, everything, len(stage.passages))
     searched = stage.search(qs, 5)
     assert searched == {qid: r[:5] for qid, r in reranked.items()}
+
+
+def test_stage2_retriever_run_in_full_mode_searches_the_whole_corpus(built_tiny, tmp_path):
+    """The gpu profile's stage 2: the frozen retriever ranks every corpus passage (no MiniLM run
+    needed), and keeps k + margin ids per question for every split."""
+    from conftest import tiny_profile_dict
+
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.stage2.experiment import RUN_MARGIN, GenerationStage
+
+    _, bench = built_tiny
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
+                           "mode": "full"}
+    values["stage1"] = {"train_questions": 8, "val_questions": 2, "coarse_candidates": 6, "group_size": 3,
+                        "env_questions": 4, "env_group_size": 2, "env_batch_size": 2, "rewrite_method": "rules",
+                        "windows": [12], "epochs": 1, "batch_size": 2, "warmup_steps": 1}
+    values["generator"] = {"k": 2, "train_questions": 4, "n_shot": 1, "passage_tokens": 8,
+                           "retriever_variant": "llm-zero"}
+    gs = GenerationStage(profile_from_dict(values), bench, log=lambda *a: None)
+    run = gs.retriever_run()
+    assert run["mode"].startswith("full") and run["depth"] == len(gs.stage.passages)
+    keep = min(2 + RUN_MARGIN, len(gs.stage.passages))
+    assert set(run["runs"]) == {*bench.eval, "train"}
+    for split, by_q in run["runs"].items():
+        assert by_q and all(len(ids) == keep and len(set(ids)) == keep for ids in by_q.values())
+    qs = bench.eval_records("nq")
+    assert run["runs"]["nq"] == gs.stage.search(qs, keep, adapter=False)
