@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gpu profile's check on one GPU machine that has no network and no papermill, faiss or datasets
-# (this workplace's device machines; see README "GPU check"). Run from the repository root:
+# (e.g. a GPU image with torch only; see README "GPU check"). Run from the repository root:
 #
 #   benchmarks/device_check.sh gpu   STASH   # the whole study, gpu profile (reports/gpu/)
 #   benchmarks/device_check.sh smoke STASH   # its code path at smoke scale, tiny model (~1 min)

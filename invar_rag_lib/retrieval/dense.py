@@ -114,7 +114,7 @@ def search_backend() -> str:
 
 class DenseRetriever:
     """Exact inner-product search over L2-normalised embeddings: faiss.IndexFlatIP, or, where faiss
-    is not installed (a GPU machine of this workplace), the same search as a matrix product and a
+    is not installed (e.g. a GPU image with torch only), the same search as a matrix product and a
     top-k in torch, on the GPU when there is one. Both return every passage's exact score."""
 
     QUERY_CHUNK = 1024  # queries per matrix product in the torch backend
