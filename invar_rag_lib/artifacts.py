@@ -224,7 +224,7 @@ def show(reports: Reports, stem: str):
     try:
         from IPython.display import Image
     except ImportError:  # a headless run on a machine without IPython (invar_rag_lib/headless.py)
-        from .headless import Image
+        from .display import Image
 
     return Image(filename=str(out["png"]))
 

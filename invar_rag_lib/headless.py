@@ -43,31 +43,6 @@ class _Tee(io.TextIOBase):
             s.flush()
 
 
-class Markdown:
-    """What `IPython.display.Markdown` shows, for a machine without IPython: printed as its text."""
-
-    def __init__(self, data=None):
-        self.data = data
-
-    def __repr__(self):
-        return str(self.data)
-
-
-class Image:
-    """What `IPython.display.Image` shows, for a machine without IPython: printed as its file name."""
-
-    def __init__(self, data=None, filename=None, **_):
-        self.filename = filename
-
-    def __repr__(self):
-        return f"[image {self.filename}]"
-
-
-def display(*objs, **_):
-    for o in objs:
-        print(o)
-
-
 def has_ipython() -> bool:
     from importlib import util
 
@@ -78,9 +53,9 @@ IPYTHON_IMPORT = "from IPython.display import"
 
 
 def without_ipython(source: str) -> str:
-    """The cell's `IPython.display` imports pointed at this module's stand-ins (a fake `IPython`
-    module would mislead matplotlib, pandas and tqdm, which look for a running IPython)."""
-    return source.replace(IPYTHON_IMPORT, "from invar_rag_lib.headless import")
+    """The cell's `IPython.display` imports pointed at the stand-ins of `display.py` (a fake
+    `IPython` module would mislead matplotlib, pandas and tqdm, which look for a running IPython)."""
+    return source.replace(IPYTHON_IMPORT, "from invar_rag_lib.display import")
 
 
 def code_cells(path: Path) -> list[tuple[list[str], str]]:

@@ -45,7 +45,7 @@ def test_headless_names_the_failing_cell(tmp_path):
 def test_headless_points_ipython_imports_at_its_stand_ins():
     src = "import pandas as pd\nfrom IPython.display import Markdown, display\n"
     out = headless.without_ipython(src)
-    assert "IPython" not in out and "from invar_rag_lib.headless import Markdown, display" in out
+    assert "IPython" not in out and "from invar_rag_lib.display import Markdown, display" in out
     ns: dict = {}
     exec(out, ns)
     assert repr(ns["Markdown"]("**x**")) == "**x**"
@@ -142,3 +142,18 @@ def test_stage2_retriever_run_in_full_mode_searches_the_whole_corpus(built_tiny,
         assert by_q and all(len(ids) == keep and len(set(ids)) == keep for ids in by_q.values())
     qs = bench.eval_records("nq")
     assert run["runs"]["nq"] == gs.stage.search(qs, keep, adapter=False)
+
+
+def test_device_smoke_profile_is_smoke_with_the_gpu_code_path():
+    """benchmarks/device_smoke.toml is a copy of smoke.toml (TOML has no include): it may differ
+    only where the gpu profile's code path and its own name and reports folder need it."""
+    from pathlib import Path
+
+    from invar_rag_lib.config import load_profile
+
+    smoke = load_profile("smoke").to_dict()
+    device = load_profile(Path(__file__).resolve().parents[1] / "benchmarks" / "device_smoke.toml").to_dict()
+    assert (device["retriever"]["lora_layers"], device["retriever"]["mode"]) == (0, "full")
+    for d in (smoke, device):
+        del d["name"], d["reports_dir"], d["retriever"]["lora_layers"], d["retriever"]["mode"]
+    assert device == smoke
