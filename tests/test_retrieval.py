@@ -103,6 +103,42 @@ def test_bm25_index_key_depends_on_content_settings_and_ids():
     assert k != BM25Retriever.index_key(IDS, TEXTS[::-1], SETTINGS)
 
 
+def test_bm25_keeps_jax_off_the_gpu_and_never_uses_it(tmp_path):
+    """bm25s imports JAX when it is installed; JAX on a GPU takes 75% of its memory (the OOM of the
+    first gpu-profile run). A stand-in `jax` records the platform it was imported under and fails
+    if bm25s ever asks it for a top-k."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "jax"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, pathlib\n"
+        f"pathlib.Path({str(tmp_path / 'seen.json')!r}).write_text("
+        "__import__('json').dumps({k: os.environ.get(k) for k in "
+        "('JAX_PLATFORMS', 'XLA_PYTHON_CLIENT_PREALLOCATE')}))\n")
+    (fake / "lax.py").write_text(
+        "import numpy as np\n"
+        "CALLS = 0\n"
+        "def top_k(x, k):\n"
+        "    global CALLS\n"
+        "    CALLS += 1\n"
+        "    if CALLS > 1: raise RuntimeError('bm25s used the jax top-k')\n"
+        "    x = np.asarray(x); i = np.argsort(-x)[:k]; return x[i], i\n")
+    code = ("from invar_rag_lib.retrieval.bm25 import BM25Retriever\n"
+            f"r = BM25Retriever.build({IDS!r}, {TEXTS!r}, {SETTINGS!r})\n"
+            "print(r.search(['running'], 2)[0])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), os.getcwd(), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "d-dog" in out.stdout
+    seen = json.loads((tmp_path / "seen.json").read_text())  # bm25s did import the stand-in
+    assert seen == {"JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 # ----------------------------------------------------------------------------- MiniLM
 def test_minilm_paraphrase_ranks_its_passage_first(minilm):
     passages = ["A small kitten was napping on the couch in the living room.",

@@ -2,10 +2,16 @@
 
 The index and the tokenizer's vocabulary are saved together, keyed by the corpus content and the
 BM25 settings, so a second run loads instead of re-indexing.
+
+bm25s imports JAX at import time when JAX is installed (for its top-k), and JAX then takes 75% of
+the GPU's memory for itself: on an H100 that made the LLM run out of memory in notebook 02 (the
+first gpu-profile run, reports/gpu-attempts/). So `_bm25s()` keeps JAX on the CPU, and the top-k is
+always numpy's, the same on every machine (the user's own JAX_PLATFORMS, if set, is kept).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +23,15 @@ from ..integrity import check_dir, load_or_none, seal_dir
 from ..io_utils import replace_dir, sha256_text
 
 
+def _bm25s():
+    """bm25s, imported with JAX (if present) kept off the GPU."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import bm25s
+
+    return bm25s
+
+
 class BM25Retriever:
     def __init__(self, model, tokenizer, ids: list[str], settings: dict):
         self.model, self.tokenizer, self.ids, self.settings = model, tokenizer, ids, settings
@@ -24,8 +39,8 @@ class BM25Retriever:
     @staticmethod
     def _tokenizer(settings: dict):
         import Stemmer
-        from bm25s.tokenization import Tokenizer
 
+        Tokenizer = _bm25s().tokenization.Tokenizer
         stemmer = Stemmer.Stemmer(settings["stemmer"]) if settings["stemmer"] else None
         return Tokenizer(lower=True, stopwords=settings["stopwords"], stemmer=stemmer)
 
@@ -35,8 +50,7 @@ class BM25Retriever:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], settings: dict) -> "BM25Retriever":
-        import bm25s
-
+        bm25s = _bm25s()
         tokenizer = cls._tokenizer(settings)
         tokens = tokenizer.tokenize(list(texts), update_vocab=True, return_as="tuple", show_progress=False)
         model = bm25s.BM25(k1=settings["k1"], b=settings["b"], method=settings["method"])
@@ -73,8 +87,7 @@ class BM25Retriever:
 
     @classmethod
     def load(cls, path: str | Path) -> "BM25Retriever":
-        import bm25s
-
+        bm25s = _bm25s()
         path = Path(path)
         check_dir(path)
         settings = json.loads((path / "settings.json").read_text())
@@ -88,5 +101,6 @@ class BM25Retriever:
         k = min(k, len(self.ids))
         tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids",
                                          show_progress=False)
-        docs, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        docs, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=1,
+                                          backend_selection="numpy")
         return [[self.ids[j] for j in row] for row in docs], scores
