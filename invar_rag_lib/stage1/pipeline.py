@@ -83,7 +83,7 @@ class RetrieverStage:
         path = cache_dir() / "rewrites" / f"{self.model_fingerprint}.json"
         with self.model.disable_adapter():
             return make_rewrites(items, s1.n_rewrites, s1.rewrite_method, path, self.model,
-                                 self.tokenizer, log=self.log)
+                                 self.tokenizer, s1.rewrite_batch_size, log=self.log)
 
     def lsr(self, groups: Sequence[Group], rewrites) -> torch.Tensor:
         s1 = self.profile.stage1
