@@ -81,6 +81,7 @@ class NearDuplicates:
         self.norm, self.threshold = normalize_answer, threshold
         self.questions = list(questions)
         self.words = [frozenset(normalize_answer(q).split()) for q in self.questions]
+        self.sizes = [len(w) for w in self.words]
         self.index: dict[str, list[int]] = {}
         for i, w in enumerate(self.words):
             for t in w:
@@ -92,7 +93,8 @@ class NearDuplicates:
         for t in w:
             for i in self.index.get(t, ()):
                 shared[i] = shared.get(i, 0) + 1
-        best = max(((c / len(w | self.words[i]), i) for i, c in shared.items()), default=(0.0, -1))
+        n, sizes = len(w), self.sizes  # |w ∪ w_i| = |w| + |w_i| − |w ∩ w_i|
+        best = max(((c / (n + sizes[i] - c), i) for i, c in shared.items()), default=(0.0, -1))
         return (self.questions[best[1]], round(best[0], 3)) if best[0] >= self.threshold else None
 
 

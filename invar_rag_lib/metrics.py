@@ -80,8 +80,9 @@ class AnswerIndex:
     """Pre-tokenised passages plus an inverted index, for fast has_answer.
 
     Checking every answer against tens of thousands of passages by brute force
-    is quadratic in practice; instead we only verify passages that contain the
-    answer's rarest token, which is usually a tiny candidate set.
+    is quadratic in practice; instead we only verify passages that contain every
+    token of the answer (the intersection of their postings, rarest first), and a
+    one-token answer needs no verification at all.
     """
 
     def __init__(self, texts: Iterable[str]):
@@ -98,9 +99,12 @@ class AnswerIndex:
         """Sorted indices of passages for which ``has_answer`` would be True."""
         hits: set[int] = set()
         for ans in _answer_token_lists(answers):
-            postings = [self.postings.get(tok, set()) for tok in ans]
-            rarest = min(postings, key=len)
-            hits.update(i for i in rarest if i not in hits and _contains(self.tokens[i], ans))
+            postings = sorted((self.postings.get(tok, set()) for tok in set(ans)), key=len)
+            candidates = postings[0].intersection(*postings[1:]) - hits
+            if len(ans) == 1:
+                hits |= candidates
+            else:
+                hits.update(i for i in candidates if _contains(self.tokens[i], ans))
         return sorted(hits)
 
     def any_passage_has_answer(self, answers: Sequence[str]) -> bool:

@@ -131,6 +131,17 @@ def test_answer_index_golden():
         index.passages_with_answer("York")
 
 
+def test_answer_index_checks_order_and_repeats_beyond_the_shared_tokens():
+    """A passage with every token of the answer is only a candidate: order and repeats still count."""
+    texts = ["york new jersey", "new new york city", "new york", "the new yorker", "york"]
+    index = AnswerIndex(texts)
+    for answers in (["New York"], ["New New York"], ["York New"], ["York"], ["New York", "Jersey"]):
+        expected = [i for i, t in enumerate(texts) if has_answer(t, answers)]
+        assert index.passages_with_answer(answers) == expected, answers
+    assert index.passages_with_answer(["New New York"]) == [1]
+    assert index.passages_with_answer(["York New"]) == [0]
+
+
 def test_answer_index_agrees_on_random_corpus():
     rng = np.random.default_rng(1)
     vocab = ["a", "b", "c", "ab", ",", "."]
