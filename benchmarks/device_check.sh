@@ -2,8 +2,12 @@
 # The gpu profile's check on one GPU machine that has no network and no papermill, faiss or datasets
 # (e.g. a GPU image with torch only; see README "GPU check"). Run from the repository root:
 #
-#   benchmarks/device_check.sh gpu   STASH   # the whole study, gpu profile (reports/gpu/)
-#   benchmarks/device_check.sh smoke STASH   # its code path at smoke scale, tiny model (~1 min)
+#   benchmarks/device_check.sh gpu   STASH [NN ...]  # the whole study (or notebooks NN), gpu profile (reports/gpu/)
+#   benchmarks/device_check.sh smoke STASH [NN ...]  # its code path at smoke scale, tiny model (~1 min)
+#
+# Notebooks 00 and 01 need neither the LLM nor its 93 MB wheel, so where the stash arrives in parts
+# they can run in the call that brings the first parts, and `... gpu STASH 02 03 04 05 06 07` in the
+# last (each notebook reads the results of the ones before from reports/gpu/results).
 #
 # STASH holds what cannot be installed there: wheels/*.whl (our pins of transformers, peft and
 # sentence-transformers, then datasets, dill, multiprocess, bm25s, PyStemmer, gguf,
@@ -14,8 +18,12 @@
 # (`invar-rag reproduce --headless`), then `invar-rag report` draws the tables and figures.
 set -euo pipefail
 
-MODE=${1:?usage: benchmarks/device_check.sh gpu|smoke STASH}
-STASH=$(cd "${2:?usage: benchmarks/device_check.sh gpu|smoke STASH}" && pwd)
+USAGE="usage: benchmarks/device_check.sh gpu|smoke STASH [NN ...]"
+MODE=${1:?$USAGE}
+STASH=$(cd "${2:?$USAGE}" && pwd)
+shift 2
+ONLY=()
+if [ $# -gt 0 ]; then ONLY=(--only "$@"); fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SITE=${SITE:-/tmp/invar-rag-site}
 PY=${PYTHON:-python3}
@@ -65,11 +73,15 @@ if [ -n "${OUT:-}" ]; then (while sleep 15; do snapshot || true; done) & SNAPSHO
 
 status=0
 start=$(date +%s)
-"$PY" -m invar_rag_lib.cli reproduce --profile "$PROFILE" --headless --keep-going || status=$?
+"$PY" -m invar_rag_lib.cli reproduce --profile "$PROFILE" --headless --keep-going "${ONLY[@]}" || status=$?
 study_s=$(( $(date +%s) - start ))
-echo "device_check $MODE: notebooks ${study_s} s (set-up excluded), exit status $status"
+echo "device_check $MODE ${*:-(all notebooks)}: ${study_s} s (set-up excluded), exit status $status"
 if [ -n "${OUT:-}" ]; then kill "$SNAPSHOTS" 2>/dev/null || true; fi
 snapshot
-"$PY" -m invar_rag_lib.cli report --profile "$PROFILE" || status=$?
+if [ ${#ONLY[@]} -eq 0 ] || [[ " $* " == *" 07 "* ]]; then
+  "$PY" -m invar_rag_lib.cli report --profile "$PROFILE" || status=$?
+else  # an early part of the study: the later notebooks' tables cannot exist yet
+  "$PY" -m invar_rag_lib.cli report --profile "$PROFILE" || true
+fi
 snapshot
 exit $status
