@@ -55,3 +55,26 @@ def test_make_rewrites_falls_back_to_rules_and_caches(tmp_path, monkeypatch):
     import invar_rag_lib.llm.decode as decode
     monkeypatch.setattr(decode, "greedy_decode", lambda *a, **k: pytest.fail("decoded again"))
     assert R.make_rewrites(items, 2, "llm", path, model, tok, log=lambda *a: None) == out
+
+
+def test_make_rewrites_handles_a_repeated_question_once(tmp_path, monkeypatch):
+    import invar_rag_lib.llm.decode as decode
+
+    calls = []
+
+    def fake_decode(model, tok, prompts, max_new, batch_size, **kw):
+        calls.append((len(prompts), batch_size))
+        return ["which author is the writer of moby dick?"] * len(prompts)
+
+    monkeypatch.setattr(decode, "greedy_decode", fake_decode)
+    tok, path, logs = tiny_tokenizer(), tmp_path / "rewrites.json", []
+    first = [{"question": Q, "golden_answers": ["Herman Melville"]}]
+    R.make_rewrites(first, 1, "llm", path, object(), tok, batch_size=7, log=logs.append)
+    again = first * 2 + [{"question": "who wrote the novel ulysses", "golden_answers": ["Joyce"]}]
+    out = R.make_rewrites(again, 1, "llm", path, object(), tok, batch_size=7, log=logs.append)
+    assert calls == [(1, 7), (1, 7)]  # the repeated question is neither decoded twice nor counted as cached
+    assert logs[-1] == "generating rewrite 1 for 1 questions (1 cached)"
+    assert out[Q] == [{"text": "which author is the writer of moby dick?", "source": "llm"}]  # one per rewrite
+    twice = [{"question": Q, "golden_answers": ["Ahab"]}, {"question": Q, "golden_answers": ["moby dick"]}]
+    out = R.make_rewrites(twice, 1, "llm", path, object(), tok, batch_size=7, log=logs.append)
+    assert out[Q] == [{"text": R.rule_rewrite(Q, 1), "source": "rule"}]  # it leaks the second copy's answer

@@ -81,7 +81,7 @@ class TrunkCache:
             text_of = dict(zip(keys, texts))
             if log:
                 log(f"trunk cache: computing {len(todo)} new texts (window {max_len}), "
-                    f"{len(keys) - len(todo)} cached")
+                    f"{len(set(keys)) - len(todo)} cached")
             new: dict[str, torch.Tensor] = {}
             for i in progress(range(0, len(todo), batch_size), "trunk states", unit="batch"):
                 chunk = todo[i:i + batch_size]

@@ -88,7 +88,7 @@ class EmbeddingCache:
             first = {}
             for k, t in zip(keys, texts):
                 first.setdefault(k, t)
-            log(f"encoding {len(missing)} new texts ({len(texts) - len(missing)} cached)")
+            log(f"encoding {len(missing)} new texts ({len(set(keys)) - len(missing)} cached)")
             new = encode([first[k] for k in missing])
             base = 0 if self.matrix is None else len(self.matrix)
             self.matrix = new if self.matrix is None else np.concatenate([self.matrix, new])

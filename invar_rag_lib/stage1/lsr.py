@@ -63,7 +63,7 @@ def compute_lsr(model, tokenizer, groups: Sequence[Group], envs: Sequence[Enviro
     todo = list(first.values())
     if todo:
         log(f"LSR: scoring {len(todo)} (prompt, answer) pairs with the base model "
-            f"({len(keys) - len(todo)} cached)")
+            f"({len(set(keys)) - len(todo)} cached)")
         disable = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
         with disable:
             scores = answer_logliks(model, tokenizer, [prompts[i] for i in todo],

@@ -94,6 +94,11 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
     cache_path = Path(cache_path)
     cache = load_or_none(cache_path, read_sealed_json, "rewrites", log) or {}
     out: dict[str, list[dict]] = {}
+    # A question asked twice (in two datasets, say) gets one set of rewrites, which must leak none
+    # of the answers of either.
+    answers_of: dict[str, list[str]] = {}
+    for it in items:
+        answers_of.setdefault(it["question"], []).extend(it["golden_answers"])
     for r in range(1, n_rewrites + 1):
         instruction = INSTRUCTIONS[(r - 1) % len(INSTRUCTIONS)]
         generated: dict[str, str] = {}
@@ -104,9 +109,9 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
 
             key = sha256_text(instruction, DECODER, str(MAX_NEW_TOKENS))[:12]
             done = cache.setdefault(key, {})
-            todo = list(dict.fromkeys(it["question"] for it in items if it["question"] not in done))
+            todo = [q for q in answers_of if q not in done]
             if todo:
-                log(f"generating rewrite {r} for {len(todo)} questions ({len(items) - len(todo)} cached)")
+                log(f"generating rewrite {r} for {len(todo)} questions ({len(answers_of) - len(todo)} cached)")
                 prompts = [rewrite_prompt(tokenizer, instruction, q) for q in todo]
                 done.update(zip(todo, greedy_decode(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size,
                                                     share_prefix=True)))
@@ -114,11 +119,11 @@ def make_rewrites(items: Sequence[dict], n_rewrites: int, method: str, cache_pat
             generated = done
         elif method != "rules":
             raise ValueError(f"unknown rewrite method {method!r}; use 'llm' or 'rules'")
-        for it in items:
-            text = clean_generation(generated.get(it["question"], ""))
-            if text and valid_rewrite(text, it["question"], it["golden_answers"]):
+        for question, answers in answers_of.items():
+            text = clean_generation(generated.get(question, ""))
+            if text and valid_rewrite(text, question, answers):
                 entry = {"text": text, "source": "llm"}
             else:
-                entry = {"text": rule_rewrite(it["question"], r), "source": "rule"}
-            out.setdefault(it["question"], []).append(entry)
+                entry = {"text": rule_rewrite(question, r), "source": "rule"}
+            out.setdefault(question, []).append(entry)
     return out
