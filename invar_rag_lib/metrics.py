@@ -72,7 +72,11 @@ def has_answer(text: str, answers: Sequence[str]) -> bool:
     Token-level (not substring) matching means "cat" does not match
     "concatenate", while punctuation and case differences are tolerated.
     """
-    text_tokens = dpr_tokens(text)
+    return has_answer_in_tokens(dpr_tokens(text), answers)
+
+
+def has_answer_in_tokens(text_tokens: Sequence[str], answers: Sequence[str]) -> bool:
+    """`has_answer` for a text already split by `dpr_tokens` (tokenise a passage once, test it often)."""
     return any(_contains(text_tokens, a) for a in _answer_token_lists(answers))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..baselines import CoarseRetrievers
 from ..config import Profile
 from ..data import TRAIN_SOURCES, Benchmark
-from ..metrics import has_answer
+from ..metrics import dpr_tokens, has_answer_in_tokens
 
 
 @dataclass
@@ -62,20 +62,27 @@ def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=
     q_emb = coarse.cache.get_or_encode([q["question"] for q in questions], coarse.encoder.encode, log=log)
     ranked, _ = coarse.dense.search_embeddings(q_emb, s1.coarse_candidates)
 
+    tokens_of: dict[str, list[str]] = {}  # each passage is tokenised once, not once per question
+
+    def has_answer(pid: str, answers: list[str]) -> bool:
+        if pid not in tokens_of:
+            tokens_of[pid] = dpr_tokens(text[pid])
+        return has_answer_in_tokens(tokens_of[pid], answers)
+
     groups, skipped = [], 0
     for q, qe, cands in zip(questions, q_emb, ranked):
         gold = [p for p in q["metadata"]["gold_ids"] if p in row_of]
-        answer_hits = [p for p in cands[: s1.positive_depth] if has_answer(text[p], q["golden_answers"])]
+        answer_hits = [p for p in cands[: s1.positive_depth] if has_answer(p, q["golden_answers"])]
         positives = list(dict.fromkeys(gold + answer_hits))[: s1.max_positives]
         negatives = [p for p in cands if p not in positives and p not in gold
-                     and not has_answer(text[p], q["golden_answers"])]
+                     and not has_answer(p, q["golden_answers"])]
         negatives = negatives[: s1.group_size - len(positives)]
         if not positives or len(positives) + len(negatives) < s1.group_size:
             skipped += 1
             continue
         members = positives + negatives
         scores = corpus_emb[[row_of[p] for p in members]] @ qe
-        found = [a for a in q["golden_answers"] if any(has_answer(text[p], [a]) for p in positives)]
+        found = [a for a in q["golden_answers"] if any(has_answer(p, [a]) for p in positives)]
         groups.append(Group(q["id"], q["question"], q["golden_answers"], members,
                             [True] * len(positives) + [False] * len(negatives),
                             [float(s) for s in np.asarray(scores)],
