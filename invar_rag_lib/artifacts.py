@@ -78,6 +78,23 @@ def _floors(r: dict, k: int = names.HEADLINE_K) -> pd.DataFrame:
     return df[columns].rename_axis("retriever")
 
 
+def ablation_floors(v: dict, a: dict) -> dict:
+    """Notebook 07's trained points beside notebook 04's floors (the random rerank and llm-zero, on
+    the same questions and candidates), as a results dict `_floors` reads: paired p-values computed
+    here, with the seed and resamples of the run."""
+    from .stage1.evaluate import paired_pvalues
+
+    points = [n for n in dict.fromkeys(p["name"] for p in a["points"]) if n not in v["retrievers"]]
+    ret = {"random": v["retrievers"]["random"], "llm-zero": v["retrievers"]["llm-zero"],
+           **{n: a["retrievers"][n] for n in points}}
+    cfg = v["provenance"]["config"]
+    pvalues = paired_pvalues(ret, ["random", "llm-zero"], v["ks"], cfg["retrieval"]["bootstrap_resamples"], cfg["seed"])
+    cosine = {"llm-zero": v.get("passage_cosine", {}).get("llm-zero"),
+              **{n: a.get("passage_cosine", {}).get(n) for n in points}}
+    return {**a, "retrievers": ret, "paired_pvalues": pvalues, "pooling": v.get("pooling"),
+            "passage_cosine": {n: c for n, c in cosine.items() if c is not None}}
+
+
 def _pooling_table(r: dict) -> pd.DataFrame:
     f = r["pooling_floor"]
     return pd.DataFrame({name: {k: fmt_ci(v) for k, v in m.items()} for name, m in f["rows"].items()}
@@ -172,6 +189,14 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "invar−align, invar−inv, the λ sweep and the number of rewrites R: acc@5 († = differs from invar, p < 0.05) and Jaccard@5 across rewrites.",
       lambda r: f"Ablations of invar, {_profile(r)} profile, {r['mode']}; {DAGGER.format('invar')}"
                 + (f"; not run in this profile: {', '.join(r['not_run'])}" if r["not_run"] else "")),
+    A("07_floors", "table", ("04_retriever/retrieval", "07_ablations/ablations"),
+      lambda v, a: _floors(ablation_floors(v, a)),
+      "The ablation points trained in notebook 07 against notebook 04's floors: the random rerank and the untrained llm-zero on the same candidates (paired bootstrap p-values), and the collapse check.",
+      lambda v, a: f"Ablation points against their floors, acc@5 (%), {_profile(v)} profile, {v['mode']}, pooling {v.get('pooling', 'eos')}"),
+    A("07-loss-curves", "figure", ("07_ablations/ablations",),
+      lambda a: retrieval.loss_curves({**a, "training": {p["name"]: a["training"][p["name"]] for p in a["points"]
+                                                          if p["name"] != "invar" and a.get("training", {}).get(p["name"])}}),
+      "Training loss and its terms per step for every ablation point trained in notebook 07 (invar's own curves are in notebook 04)."),
     A("07-ablations", "figure", ("07_ablations/ablations",), ablations.ablation_curves,
       "acc@5 and rewrite stability (Jaccard@5) against λ and against R."),
     A("07_variance_claim", "table", ("04_retriever/retrieval",), stability.variance_claim_table,

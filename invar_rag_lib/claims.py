@@ -84,9 +84,9 @@ def _claims(variants: dict, generation: dict, ablations: dict) -> list[dict]:
         ("the invariance loss makes retrieval less variable across rewrites", "invar vs llm-ctr, std of hit@5 ↓",
          ret, "invar", "llm-ctr", _retrieval_scores("hit-std@5"), False),
         ("alignment (α) adds to retrieval", "invar vs invar−align, acc@5",
-         ret, "invar", "invar-align", _retrieval_scores("acc@5"), True),
+         ablations["retrievers"], "invar", "invar-align", _retrieval_scores("acc@5"), True),
         ("invariance (λ) adds to retrieval", "invar vs invar−inv, acc@5",
-         ret, "invar", "invar-inv", _retrieval_scores("acc@5"), True),
+         ablations["retrievers"], "invar", "invar-inv", _retrieval_scores("acc@5"), True),
     ]
     r_points = sorted((p["value"], p["name"]) for p in ablations["points"] if p["axis"] == "rewrites")
     if len(r_points) >= 2:

@@ -108,6 +108,18 @@ def _s03(reports) -> str:
             "small next to the mean: environments disagree little before training.")
 
 
+def _floor_lines(acc: dict, pv: dict, trained: list[str], datasets: list[str], what: str) -> list[str]:
+    """How many of `trained` beat each floor on every dataset with p < 0.05 (paired bootstrap)."""
+    lines = []
+    for floor in ("random", "llm-zero"):
+        beat = [n for n in trained if all(acc[n][ds] > acc[floor][ds]
+                                          and (pv.get(f"{n}_vs_{floor}/{ds}") or {}).get("acc@5", 1) < 0.05
+                                          for ds in datasets)]
+        lines.append(f"- {len(beat)} of {len(trained)} {what} beat `{floor}` on every dataset with "
+                     f"p < 0.05 ({', '.join(display_name(n) for n in beat) or 'none'}).")
+    return lines
+
+
 @_summary("04")
 def _s04(reports) -> str:
     r = reports.read_results("04_retriever/retrieval")
@@ -118,12 +130,7 @@ def _s04(reports) -> str:
     lines = [f"- acc@5 ({_names(datasets)}, {r['mode']}): "
              + "; ".join(f"{display_name(n)} {_per_dataset(acc[n])}" for n in
                          ("random", "llm-zero", *trained, "minilm") if n in acc) + "."]
-    for floor in ("random", "llm-zero"):
-        beat = [n for n in trained if all(acc[n][ds] > acc[floor][ds]
-                                          and (pv.get(f"{n}_vs_{floor}/{ds}") or {}).get("acc@5", 1) < 0.05
-                                          for ds in datasets)]
-        lines.append(f"- {len(beat)} of {len(trained)} trained variants beat `{floor}` on every dataset with "
-                     f"p < 0.05 ({', '.join(display_name(n) for n in beat) or 'none'}).")
+    lines += _floor_lines(acc, pv, trained, datasets, "trained variants")
     if "invar" in ret and "llm-ctr" in ret:
         ps = {ds: (pv.get(f"invar_vs_llm-ctr/{ds}") or {}).get("acc@5") for ds in datasets}
         lines.append(_versus("`invar` against `llm-ctr` (does the invariance objective add anything?)",
@@ -171,11 +178,18 @@ def _s06(reports) -> str:
 def _s07(reports) -> str:
     from .claims import claims_table
 
-    table = claims_table(reports.read_results("04_retriever/retrieval"),
-                         reports.read_results("06_generation/generation"),
-                         reports.read_results("07_ablations/ablations"))
+    from .artifacts import ablation_floors
+
+    variants, ablations = reports.read_results("04_retriever/retrieval"), reports.read_results("07_ablations/ablations")
+    table = claims_table(variants, reports.read_results("06_generation/generation"), ablations)
+    floors = ablation_floors(variants, ablations)
+    ret = floors["retrievers"]
+    datasets = ordered(ret["random"])
+    acc = {name: {ds: ret[name][ds]["metrics"]["acc@5"]["mean"] for ds in datasets} for name in ret}
     counts = table["verdict"].value_counts().to_dict()
-    lines = ["- Verdicts on the paper's claims at this profile's n: "
-             + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
+    lines = _floor_lines(acc, floors["paired_pvalues"], [n for n in ret if n not in ("random", "llm-zero")],
+                         datasets, "ablation points trained here")
+    lines += ["- Verdicts on the paper's claims at this profile's n: "
+              + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
     lines += [f"- {claim} ({row['test']}): **{row['verdict']}**" for claim, row in table.iterrows()]
     return "\n".join(lines)

@@ -168,7 +168,8 @@ def test_stage1_end_to_end_on_tiny_data(built_tiny, tmp_path, lora_layers, mode,
     assert len(prepared.data) <= 4 and len(prepared.main) >= len(prepared.data)
     assert all(len(g.passage_ids) == 2 for g in prepared.groups)
     out = run_variants(profile, bench, prepared, log=lambda *a: None)
-    assert {"random", "llm-zero", "llm-ctr", "invar"} <= set(out["retrievers"])
+    assert {"random", "llm-zero", "llm-ctr", "llm-lsr", "invar"} <= set(out["retrievers"])
+    assert not {"invar-align", "invar-inv"} & set(out["retrievers"])  # notebook 07 trains the ablations
     assert set(out["passage_cosine"]) >= {"llm-zero", "invar"}
     assert "invar_vs_random/nq" in out["paired_pvalues"]
     assert out["mode"].startswith("full") == (mode == "full")
@@ -180,3 +181,42 @@ def test_stage1_end_to_end_on_tiny_data(built_tiny, tmp_path, lora_layers, mode,
     if projection == "ridge":  # a 64-dim tiny model mapped into MiniLM's 384 dimensions
         assert tuple(prepared.projection.shape) == (64, 384)
         assert prepared.stage.projection is None  # run_variants leaves the stage clean
+
+
+def test_ablations_train_the_component_variants_and_are_tested_against_04s_floors(built_tiny, tmp_path):
+    """Notebook 07 trains invar−align and invar−inv (04 does not), reuses 04's invar checkpoint, and its
+    points get floor p-values against 04's random and llm-zero; the α and λ claims read 07's results."""
+    from invar_rag_lib.artifacts import _floors, ablation_floors
+    from invar_rag_lib.claims import claims_table
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.reporting import provenance
+    from invar_rag_lib.stage1.ablations import run_ablations
+    from invar_rag_lib.stage1.experiment import prepare, run_variants
+    from conftest import tiny_profile_dict
+
+    _, bench = built_tiny
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retrieval"]["ks"] = [1, 5]
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 2,
+                           "mode": "rerank", "rerank_depth": 8}
+    values["stage1"] = {"train_questions": 8, "val_questions": 2, "coarse_candidates": 6, "group_size": 3,
+                        "env_questions": 4, "env_group_size": 2, "env_batch_size": 2, "rewrite_method": "rules",
+                        "windows": [12], "epochs": 1, "batch_size": 2, "warmup_steps": 1}
+    values["ablations"] = {"lams": [0.0, 0.5], "rewrites": [1]}
+    profile = profile_from_dict(values)
+    quiet = lambda *a: None  # noqa: E731
+    v = {"provenance": provenance(profile), **run_variants(profile, bench, prepare(profile, bench, log=quiet), log=quiet)}
+    a = {"provenance": provenance(profile), **run_ablations(profile, bench, log=quiet)}
+    trained = {p["name"]: p["reused_checkpoint"] for p in a["points"]}
+    assert trained == {"invar": True, "invar-align": False, "invar-inv": False}
+    assert set(a["passage_cosine"]) == set(trained) and a["training"]["invar-align"]
+    floors = ablation_floors(v, a)
+    assert set(floors["retrievers"]) == {"random", "llm-zero", "invar-align", "invar-inv"}
+    assert {"invar-align_vs_random/nq", "invar-inv_vs_llm-zero/nq"} <= set(floors["paired_pvalues"])
+    assert floors["retrievers"]["llm-zero"] is v["retrievers"]["llm-zero"]
+    table = _floors(floors)
+    assert list(table.index) == ["random (expected)", "llm-zero", "invar−align", "invar−inv"]
+    generation = {"rows": {}}
+    claims = claims_table(v, generation, a)
+    row = claims[claims["test"] == "invar vs invar−align, acc@5"].iloc[0]
+    assert row["NQ"] != "—"  # read from notebook 07's results: notebook 04's have no invar−align

@@ -64,9 +64,10 @@ def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
     entries = [(display_name(n), variants["retrievers"][n]) for n in ordered_retrievers(variants["retrievers"])
                if "stability" in next(iter(variants["retrievers"][n].values()))]  # not the random floor
     seen = {n for n in variants["retrievers"]}
-    for p in ablations["points"]:
-        if p["name"] not in seen and p["axis"] != "component":
-            entries.append((f"invar, {point_label(p)}", ablations["retrievers"][p["name"]]))
+    for p in ablations["points"]:  # the component ablations first (notebook 07 trains them), then the grid
+        if p["name"] not in seen:
+            label = point_label(p) if p["axis"] == "component" else f"invar, {point_label(p)}"
+            entries.append((label, ablations["retrievers"][p["name"]]))
             seen.add(p["name"])
     datasets = ordered(entries[0][1])
     palette = sns.color_palette("deep", len(datasets))

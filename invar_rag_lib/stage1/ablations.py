@@ -1,16 +1,19 @@
 """Notebook 07's ablations at the retrieval level: invar−align, invar−inv, the λ sweep and the
 number of rewrites R (docs/method.md §1), all on the same groups, candidates and evaluation environments.
 
-Each point is an (objective, R) pair. A point equal to a variant of notebook 04 (λ = 0.5 is
-`invar`, λ = 0 is `invar−inv`, ...) reuses that variant's checkpoint when its config and data
-match; the others train into `data/checkpoints/<profile>/retriever/<point>`. Changing R changes
-the environments, so those points get their own rewrites, LSR scores and trunk states (cached like
-the rest). Evaluation always uses the profile's own environments (the original question and its
+Each point is an (objective, R) pair, trained here into `data/checkpoints/<profile>/retriever/<point>`.
+Notebook 04 trains the method and its baselines (`llm-ctr`, `llm-lsr`, `invar`); the component
+ablations `invar−align` and `invar−inv` are trained and scored only here, so no variant is trained
+or evaluated twice. A point equal to a finished checkpoint (λ = 0.5 is `invar`, λ = 0 is
+`invar−inv`, ...) reuses it when its config and data match. Changing R changes the environments,
+so those points get their own rewrites, LSR scores and trunk states (cached like the rest).
+Evaluation always uses the profile's own environments (the original question and its
 `stage1.n_rewrites` rewrites), so every point is scored on the same questions and rewrites.
 """
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -84,6 +87,7 @@ def run_ablations(profile: Profile, bench: Benchmark, log=print) -> dict:
     timings = {"prepare_s": time.perf_counter() - t0}
     prepared = {profile.stage1.n_rewrites: base}
     retrievers, done, points = {}, {}, ablation_points(profile)
+    training, cosine = {}, {}
     for point in points:
         if point.name in done:
             continue
@@ -96,9 +100,11 @@ def run_ablations(profile: Profile, bench: Benchmark, log=print) -> dict:
         timings[f"train_{point.name}_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         retrievers[point.name] = ev.score_llm(adapter=True)
+        cosine[point.name] = ev.passage_cosine()
         timings[f"eval_{point.name}_s"] = round(time.perf_counter() - t0, 1)
         done[point.name] = {"reused_checkpoint": bool(record.get("reused")),
                             "final_loss": record["history"][-1]["loss"] if record["history"] else None}
+        training[point.name] = record["history"]
         log(f"{point.name}: " + ", ".join(f"{ds} acc@5 {r['metrics']['acc@5']['mean']:.2f}"
                                           for ds, r in retrievers[point.name].items()))
     base.stage.reset_adapter()
@@ -111,6 +117,9 @@ def run_ablations(profile: Profile, bench: Benchmark, log=print) -> dict:
         "not_run": not_run(profile),
         "retrievers": retrievers,
         "paired_pvalues": paired_pvalues(retrievers, ["invar"], ev.ks, cfg.bootstrap_resamples, profile.seed),
+        "training": training,  # loss history per point (a reused checkpoint keeps its own)
+        "ctr_uniform": math.log(profile.stage1.batch_size * profile.stage1.group_size),
+        "passage_cosine": cosine,  # the collapse check of notebook 04, per point
         "eval_environments": ["original"] + [f"rewrite-{r}" for r in range(1, profile.stage1.n_rewrites + 1)],
         "timings_s": {k: round(v, 1) for k, v in {**ev.timings, **timings}.items()},
     }

@@ -1,7 +1,7 @@
 """Stage 1 as notebooks 03–04 run it: prepare the training data once, train and score variants.
 
 `prepare` builds everything that does not depend on the variant (groups, rewrites, LSR, trunk
-states), each step cached on disk. `run_variants` trains every variant from the same adapter
+states), each step cached on disk. `run_variants` trains notebook 04's variants from the same adapter
 initialisation, reranks MiniLM's candidates for the evaluation questions (and for their rewrites,
 for the stability metrics), and scores them beside BM25 and MiniLM.
 """
@@ -23,7 +23,7 @@ from ..retrieval.harness import random_ranking, random_ranking_from_counts
 from .evaluate import paired_pvalues, score_variant
 from .groups import Group, build_groups, training_split
 from .pipeline import RetrieverStage
-from .train import Objective, TrainingData, train_retriever, variant_objectives
+from .train import Objective, TrainingData, main_objectives, train_retriever
 
 
 @dataclass
@@ -215,9 +215,10 @@ def train_variant(profile: Profile, bench: Benchmark, prepared: Prepared, name: 
 def run_variants(profile: Profile, bench: Benchmark, prepared: Prepared,
                  variants: dict[str, Objective | None] | None = None, log=print,
                  evaluation: Evaluation | None = None) -> dict:
-    """Train and score `variants` (default: llm-zero + every objective of docs/method.md §1)."""
+    """Train and score `variants` (default: llm-zero, llm-ctr, llm-lsr and invar; the component
+    ablations invar−align and invar−inv are notebook 07's, `ablations.run_ablations`)."""
     stage, cfg = prepared.stage, profile.retrieval
-    variants = variants or {"llm-zero": None, **variant_objectives(profile)}
+    variants = variants or {"llm-zero": None, **main_objectives(profile)}
     ev = evaluation or Evaluation(profile, bench, stage, log=log)
     timings = dict(ev.timings)
     results = {name: ev.score_coarse(name) for name in ("bm25", "minilm")}

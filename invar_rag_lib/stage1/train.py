@@ -68,6 +68,16 @@ def variant_objectives(profile: Profile) -> dict[str, Objective]:
     }
 
 
+# The component ablations: notebook 07 trains and scores them (with the λ and R grid); notebook 04
+# trains the method and its baselines, so no variant is evaluated twice.
+ABLATIONS = ("invar-align", "invar-inv")
+
+
+def main_objectives(profile: Profile) -> dict[str, Objective]:
+    """Notebook 04's trained variants: `variant_objectives` without the component ablations."""
+    return {k: v for k, v in variant_objectives(profile).items() if k not in ABLATIONS}
+
+
 @dataclass
 class TrainingData:
     """Everything a step needs, precomputed: trunk states, coarse scores, LSR targets."""
