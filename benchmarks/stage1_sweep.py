@@ -83,12 +83,18 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, default=BASE_RETRIEVER["lora_layers"],
                     help="LoRA depth for this run's points (another depth needs its own trunk states; "
                          "its rows are named L<depth>-<point>)")
+    ap.add_argument("--max-len", type=int, default=None,
+                    help="the passage window in tokens for this run (another window needs its own trunk states, "
+                         "LSR scores and floors); its rows, floors included, are named W<len>-<point>")
     ap.add_argument("--trunk", choices=["none", "int8"], default="none",
                     help="the frozen trunk's arithmetic for this run (int8: llm/quantize.py); its rows, floors "
                          "included, are named int8-<point>")
     args = ap.parse_args()
     depth = {} if args.lora_layers == BASE_RETRIEVER["lora_layers"] else {"lora_layers": args.lora_layers}
     prefix = f"L{args.lora_layers}-" if depth else ""
+    if args.max_len is not None:
+        depth["max_len"] = args.max_len
+        prefix = f"W{args.max_len}-{prefix}"
     if args.trunk != "none":
         depth["trunk_quantization"] = args.trunk
         prefix = f"{args.trunk}-{prefix}"
@@ -122,14 +128,16 @@ def main() -> None:
     for pooling in ("eos", "mean"):
         stage.profile = with_fields(profile, {**depth, "pooling": pooling}, {})
         stage.reset_adapter()
-        rows[f"{prefix if args.trunk != 'none' else ''}llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
+        floor_prefix = prefix if args.trunk != "none" or args.max_len is not None else ""
+        rows[f"{floor_prefix}llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
                                          "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
         order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)",
                  *(f"{d}{p}" for d in ("", "L1-", "L3-", "L4-") for p in POINTS),
-                 "int8-llm-zero (eos)", "int8-llm-zero (mean)", *(f"int8-{p}" for p in POINTS)]
+                 "int8-llm-zero (eos)", "int8-llm-zero (mean)", *(f"int8-{p}" for p in POINTS),
+                 "W48-llm-zero (eos)", "W48-llm-zero (mean)", *(f"W48-{p}" for p in POINTS)]
         ordered_rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
         payload = {"profile": profile.name, "validation_questions": len(val),
                    "training_groups": len(prepared.main), "env_groups": len(prepared.data),
