@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 
 import torch
@@ -61,6 +62,23 @@ POINTS = {
     "ridge-lr3e-3-invar-nodrop": (Objective(alpha=1.0, lam=0.5), {"lora_dropout": 0.0},
                                   {"projection": "ridge", "lr": 3e-3}),
 }
+
+
+FLOORS = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)"]
+
+
+def row_order(name: str) -> tuple:
+    """Table order: the base run's rows (floors, then points at the base depth, then other depths),
+    then each run with other frozen passes (int8 trunk, then other windows), floors before points."""
+    trunk, window, depth, point = re.fullmatch(r"(int8-)?(W\d+-)?(L\d+-)?(.*)", name).groups()
+    run = 0 if trunk is None and window is None else 1 if window is None else 2
+    width = int(window[1:-1]) if window else 0
+    lora = int(depth[1:-1]) if depth else 0
+    if point in FLOORS:
+        within = FLOORS.index(point)
+    else:
+        within = len(FLOORS) + (list(POINTS).index(point) if point in POINTS else len(POINTS))
+    return run, width, lora, within
 
 
 def with_fields(profile, retriever: dict, stage1: dict):
@@ -125,20 +143,17 @@ def main() -> None:
     stage.states([stage.passage_text(p) for p in dict.fromkeys(p for r in ranked for p in r)],
                                  rc.max_len)
     timings[f"{prefix}val_trunk_s"] = round(time.perf_counter() - t0, 1)
+    # The zero-shot floors change with the frozen passes (trunk arithmetic, window), not with LoRA depth.
+    floor_prefix = prefix if args.trunk != "none" or args.max_len is not None else ""
     for pooling in ("eos", "mean"):
         stage.profile = with_fields(profile, {**depth, "pooling": pooling}, {})
         stage.reset_adapter()
-        floor_prefix = prefix if args.trunk != "none" or args.max_len is not None else ""
         rows[f"{floor_prefix}llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
                                          "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
-        order = ["random", "minilm", "llm-zero (eos)", "llm-zero (mean)",
-                 *(f"{d}{p}" for d in ("", "L1-", "L3-", "L4-") for p in POINTS),
-                 "int8-llm-zero (eos)", "int8-llm-zero (mean)", *(f"int8-{p}" for p in POINTS),
-                 "W48-llm-zero (eos)", "W48-llm-zero (mean)", *(f"W48-{p}" for p in POINTS)]
-        ordered_rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
+        ordered_rows = {k: rows[k] for k in sorted(rows, key=row_order)}
         payload = {"profile": profile.name, "validation_questions": len(val),
                    "training_groups": len(prepared.main), "env_groups": len(prepared.data),
                    "mode": f"rerank of MiniLM's top {rc.rerank_depth}",
