@@ -102,7 +102,7 @@ def test_damaged_trunk_shard_is_dropped_and_recomputed(tmp_path):
     cache = TrunkCache(tmp_path, "fp", log=messages.append)
     states = cache.get_or_compute(["ab", "cde"], 8, compute, log=messages.append)
     assert torch.equal(states[1], torch.full((3, 3), 3.0))
-    assert any("trunk-state shard" in m and str(shard) in m for m in messages)
+    assert any("trunk states shard" in m and str(shard) in m for m in messages)
     assert any("computing 2 new texts" in m for m in messages)
 
 

@@ -82,3 +82,39 @@ def test_lsr_scores_equal_the_answer_loglikelihoods_and_are_cached(tiny, tmp_pat
     torch.testing.assert_close(values.flatten()[:3], direct, atol=1e-5, rtol=0)
     monkeypatch.setattr(scoring, "answer_logliks", lambda *a, **k: pytest.fail("scored again"))
     torch.testing.assert_close(compute_lsr(*args, log=lambda *a: None), values)
+
+
+def test_scoring_the_same_weights_again_reads_the_persisted_passage_reps(tiny, monkeypatch):
+    """An evaluation keeps h(d) on disk under a key of everything it depends on: the same weights
+    read it back bit for bit without running the top layers; other adapter weights, the adapter
+    switched off, or a projection miss."""
+    from invar_rag_lib.llm.retriever import TopEncoder
+    from invar_rag_lib.paths import cache_dir
+
+    _, bench, prepared = tiny
+    stage = prepared.stage
+    stage.reset_adapter()
+    pids = [row["id"] for row in bench.corpus][:12]
+    first = stage.passage_reps(pids, persist=True)
+    assert list((cache_dir() / "reps" / stage.rep_key(True)).glob("shard-*.safetensors"))
+    calls, encode = [], TopEncoder.encode
+    monkeypatch.setattr(TopEncoder, "encode", lambda self, states: calls.append(len(states)) or encode(self, states))
+    again = stage.passage_reps(pids, persist=True)
+    assert calls == [] and torch.equal(again, first)
+    assert torch.equal(stage.passage_reps(pids), first) and calls  # the unpersisted path: same values
+    key = stage.rep_key(True)
+    try:
+        with torch.no_grad():
+            next(p for n, p in stage.model.named_parameters() if "lora_B" in n).add_(0.05)
+        assert stage.rep_key(True) != key
+        calls.clear()
+        assert not torch.equal(stage.passage_reps(pids, persist=True), first) and calls
+    finally:
+        stage.reset_adapter()
+    assert stage.rep_key(True) == key
+    assert stage.rep_key(False) != key
+    stage.projection = torch.eye(first.shape[1])
+    try:
+        assert stage.rep_key(True) != key
+    finally:
+        stage.projection = None

@@ -1,5 +1,8 @@
 """Disk cache of frozen-trunk hidden states, keyed by trunk fingerprint, window and text.
 
+(The same store keeps pooled passage representations, keyed by everything they depend on:
+`stage1.pipeline.RetrieverStage.rep_key`.)
+
 With LoRA on the top `L` layers only, the output of the layers below depends on the text alone
 (docs/method.md §5), so it is computed once and reused by every training step, epoch, variant and
 evaluation. States are stored unpadded in float32 (so the cached path equals a plain forward),
@@ -41,8 +44,9 @@ class TrunkCache:
     """With `persist=False` the states live in memory only: with LoRA on every layer the "trunk" is
     the embedding lookup, cheaper to redo than to write (gigabytes at the gpu profile's scale)."""
 
-    def __init__(self, root: str | Path, fingerprint: str, log=print, persist: bool = True):
-        self.dir, self.log, self.persist = Path(root) / fingerprint, log, persist
+    def __init__(self, root: str | Path, fingerprint: str, log=print, persist: bool = True,
+                 label: str = "trunk states"):
+        self.dir, self.log, self.persist, self.label = Path(root) / fingerprint, log, persist, label
         self.states: dict[str, torch.Tensor] = {}
         self.shards = sorted(self.dir.glob("shard-*.safetensors")) if persist and self.dir.exists() else []
         self._loaded = False
@@ -57,7 +61,7 @@ class TrunkCache:
         if not self._loaded:
             good = []
             for shard in self.shards:
-                states = load_or_none(shard, lambda p: load(read_sealed(p)), "trunk-state shard", self.log)
+                states = load_or_none(shard, lambda p: load(read_sealed(p)), f"{self.label} shard", self.log)
                 if states is not None:  # a damaged shard is deleted; its texts are recomputed on demand
                     self.states.update(states)
                     good.append(shard)
@@ -69,9 +73,10 @@ class TrunkCache:
         return len(self.states)
 
     def get_or_compute(self, texts: Sequence[str], max_len: int,
-                       compute: Callable[[list[str]], list[torch.Tensor]], batch_size: int = 16,
+                       compute: Callable[[list[str]], list[torch.Tensor]], batch_size: int | None = 16,
                        log=None) -> list[torch.Tensor]:
-        """States for `texts` (in order); `compute(texts)` is called, in batches, for new ones."""
+        """States for `texts` (in order); `compute(texts)` is called, in batches, for new ones
+        (`batch_size=None`: one call with every new text, which then batches as it likes)."""
         from safetensors.torch import save as save_bytes
 
         self._load()
@@ -80,11 +85,13 @@ class TrunkCache:
         if todo:
             text_of = dict(zip(keys, texts))
             if log:
-                log(f"trunk cache: computing {len(todo)} new texts (window {max_len}), "
+                log(f"{self.label}: computing {len(todo)} new texts (window {max_len}), "
                     f"{len(set(keys)) - len(todo)} cached")
             new: dict[str, torch.Tensor] = {}
-            for i in progress(range(0, len(todo), batch_size), "trunk states", unit="batch"):
-                chunk = todo[i:i + batch_size]
+            size = batch_size or len(todo)
+            starts = range(0, len(todo), size)
+            for i in (progress(starts, self.label, unit="batch") if batch_size else starts):
+                chunk = todo[i:i + size]
                 for k, state in zip(chunk, compute([text_of[k] for k in chunk])):
                     new[k] = state.detach().to(torch.float32).contiguous()
             if self.persist:

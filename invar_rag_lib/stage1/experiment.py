@@ -157,7 +157,8 @@ class Evaluation:
         return {ds: self.score(self.coarse_runs[name][ds], ds) for ds in self.questions}
 
     def llm_runs(self, adapter: bool) -> dict[str, list[dict]]:
-        """Ranked ids per dataset and environment under the retriever adapter as it is now."""
+        """Ranked ids per dataset and environment under the retriever adapter as it is now. Passage
+        reps persist (`RetrieverStage.passage_reps`): scoring the same weights again reads them."""
         stage, out = self.stage, {}
         memo: dict = {}  # passage reps under these weights, shared by datasets and rewrites
         for ds, qs in self.questions.items():
@@ -166,10 +167,10 @@ class Evaluation:
                 qtexts = None if e == 0 else {q["id"]: self.query(q, e) for q in qs}
                 if self.full:
                     ranked = stage.search(qs, max(self.profile.retrieval.ks), query_texts=qtexts,
-                                          adapter=adapter, memo=memo)
+                                          adapter=adapter, memo=memo, persist=True)
                 else:
                     ranked = stage.rerank(qs, self.coarse_runs["minilm"][ds][e], self.depth, query_texts=qtexts,
-                                          adapter=adapter, memo=memo)
+                                          adapter=adapter, memo=memo, persist=True)
                 per_env.append({qid: r[: max(self.profile.retrieval.ks)] for qid, r in ranked.items()})
             out[ds] = per_env
         self.last_reps = memo

@@ -7,6 +7,7 @@ content and model fingerprint, so a second run, another variant or the evaluatio
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Sequence
 
 import torch
@@ -150,37 +151,73 @@ class RetrieverStage:
         return w
 
     # --- evaluation --------------------------------------------------------------------------
+    def rep_key(self, adapter: bool) -> str:
+        """Everything a pooled representation h(d) depends on besides its text and window: the base
+        weights (and the trunk's arithmetic), the `retriever` adapter's weights as they are now (or
+        "off"), its scaling, the pooling, the padding side, the template and the ridge map."""
+        from ..io_utils import sha256_text
+        from ..training import lora_state
+
+        rc, h = self.profile.retriever, hashlib.sha256()
+        if adapter:
+            for name, tensor in sorted(lora_state(self.model, RETRIEVER_ADAPTER).items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        if self.projection is not None:
+            h.update(b"projection")
+            h.update(self.projection.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return sha256_text(self.model_fingerprint, str(self.split), rc.pooling, rc.padding_side, rc.passage_template,
+                           f"r={rc.lora_r};alpha={rc.lora_alpha}", h.hexdigest() if adapter else "adapter off",
+                           "projection" if self.projection is not None else "no projection")[:24]
+
     @torch.no_grad()
-    def passage_reps(self, pids: Sequence[str], memo: dict | None = None, adapter: bool = True) -> torch.Tensor:
-        """h(d) for `pids` with the adapter as it is now; `memo` (pid -> rep) avoids re-encoding a
-        passage for every dataset and environment of one evaluation."""
+    def passage_reps(self, pids: Sequence[str], memo: dict | None = None, adapter: bool = True,
+                     persist: bool = False) -> torch.Tensor:
+        """h(d) for `pids` with the adapter as it is now, as float32 on the CPU; `memo` (pid -> rep)
+        avoids re-encoding a passage for every dataset and environment of one evaluation. With
+        `persist`, reps are also kept on disk under `rep_key` (data/cache/reps/), so scoring the same
+        weights again (notebook 07's `invar`, the generator's retriever run) reads them back,
+        bit for bit, instead of running the top layers over every candidate again."""
         rc = self.profile.retriever
         memo = {} if memo is None else memo
         todo = [p for p in dict.fromkeys(pids) if p not in memo]
         if todo:
             enc = self.encoder().eval()
-            with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
-                states = self.states([self.passage_text(p) for p in todo], rc.max_len)
-                reps = torch.cat([enc.encode(chunk) for chunk in _chunks(states, rc.score_batch_size)])
+
+            def compute(texts: list[str]) -> list[torch.Tensor]:
+                with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
+                    states = self.states(texts, rc.max_len)
+                    reps = torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(states, rc.score_batch_size)])
+                return [r.clone() for r in reps]  # one storage each: safetensors refuses shared ones
+
+            texts = [self.passage_text(p) for p in todo]
+            if persist:
+                cache = TrunkCache(cache_dir() / "reps", self.rep_key(adapter), log=self.log, label="passage reps")
+                reps = cache.get_or_compute(texts, rc.max_len, compute, batch_size=None)
+            else:
+                reps = compute(texts)
             memo.update(zip(todo, reps))
         return torch.stack([memo[p] for p in pids])
 
     @torch.no_grad()
     def query_reps(self, texts: Sequence[str], adapter: bool = True) -> torch.Tensor:
-        """h(q) for already formatted query `texts`, with the adapter as it is now (or switched off)."""
+        """h(q) for already formatted query `texts`, with the adapter as it is now (or switched off),
+        as float32 on the CPU, where passage reps live."""
         enc = self.encoder().eval()
         with (self.model.disable_adapter() if not adapter else contextlib.nullcontext()):
             states = self.states(list(texts), self.profile.retriever.query_max_len)
-            return torch.cat([enc.encode(chunk) for chunk in _chunks(states, self.profile.retriever.score_batch_size)])
+            return torch.cat([enc.encode(chunk).float().cpu()
+                              for chunk in _chunks(states, self.profile.retriever.score_batch_size)])
 
     @torch.no_grad()
     def rerank(self, questions: Sequence[dict], candidates: dict[str, list[str]], depth: int,
                query_texts: dict[str, str] | None = None, adapter: bool = True,
-               memo: dict | None = None) -> dict[str, list[str]]:
+               memo: dict | None = None, persist: bool = False) -> dict[str, list[str]]:
         """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids.
-        Pass the same `memo` to every call made with the same adapter weights."""
+        Pass the same `memo` to every call made with the same adapter weights; `persist` as for
+        `passage_reps`."""
         pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
-        p_reps = self.passage_reps(pool, memo, adapter)
+        p_reps = self.passage_reps(pool, memo, adapter, persist)
         q_reps = self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"]))
                                   for q in questions], adapter)
         row = {p: i for i, p in enumerate(pool)}
@@ -194,13 +231,13 @@ class RetrieverStage:
 
     @torch.no_grad()
     def search(self, questions: Sequence[dict], k: int, query_texts: dict[str, str] | None = None,
-               adapter: bool = True, memo: dict | None = None) -> dict[str, list[str]]:
+               adapter: bool = True, memo: dict | None = None, persist: bool = False) -> dict[str, list[str]]:
         """Full retrieval: every corpus passage scored by s_θ(q, d), the top `k` per question (exact
-        inner product, `DenseRetriever`); returns qid -> ranked ids. `memo` as for `rerank`."""
+        inner product, `DenseRetriever`); returns qid -> ranked ids. `memo`, `persist` as for `rerank`."""
         from ..retrieval.dense import DenseRetriever
 
         pids = list(self.passages)
-        index = DenseRetriever(pids, self.passage_reps(pids, memo, adapter))
+        index = DenseRetriever(pids, self.passage_reps(pids, memo, adapter, persist))
         q_reps = self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"]))
                                   for q in questions], adapter)
         ranked, _ = index.search_embeddings(q_reps, k)

@@ -98,14 +98,16 @@ class GenerationStage:
         splits = {**self.questions, "train": self.train_questions}
         if full:  # every corpus passage scored, as notebook 04 evaluates in this mode
             for split, qs in splits.items():
-                runs[split] = self.stage.search(qs, keep, adapter=objective is not None, memo=memo)
+                runs[split] = self.stage.search(qs, keep, adapter=objective is not None, memo=memo,
+                                                persist=True)
         else:
             minilm = load_run(self.profile.name, "minilm", self.bench)["runs"]
             coarse = CoarseRetrievers(self.profile, self.bench, log=self.log)
             train_cands = coarse.search("minilm", [q["question"] for q in self.train_questions], depth)
             cands = {**minilm, "train": {q["id"]: c for q, c in zip(self.train_questions, train_cands)}}
             for split, qs in splits.items():
-                ranked = self.stage.rerank(qs, cands[split], depth, adapter=objective is not None, memo=memo)
+                ranked = self.stage.rerank(qs, cands[split], depth, adapter=objective is not None, memo=memo,
+                                           persist=True)
                 runs[split] = {qid: r[:keep] for qid, r in ranked.items()}
         self.stage.reset_adapter()
         self.timings["retriever_run_s"] = time.perf_counter() - t0
