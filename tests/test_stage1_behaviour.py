@@ -96,6 +96,8 @@ def test_scoring_the_same_weights_again_reads_the_persisted_passage_reps(tiny, m
     stage.reset_adapter()
     pids = [row["id"] for row in bench.corpus][:12]
     first = stage.passage_reps(pids, persist=True)
+    # the initial adapter (B = 0) is the frozen model, bit for bit: llm-zero's reps are the same either way
+    assert torch.equal(stage.passage_reps(pids, adapter=False), first)
     assert list((cache_dir() / "reps" / stage.rep_key(True)).glob("shard-*.safetensors"))
     calls, encode = [], TopEncoder.encode
     monkeypatch.setattr(TopEncoder, "encode", lambda self, states: calls.append(len(states)) or encode(self, states))

@@ -103,7 +103,9 @@ def pooling_floor(profile: Profile, bench: Benchmark, stage: RetrieverStage, log
     try:
         for pooling in POOLINGS:
             stage.profile = replace(profile, retriever=replace(profile.retriever, pooling=pooling))
-            run = stage.rerank(val, cands, depth)
+            # The frozen model (adapter off, as notebook 04 scores llm-zero): its passage reps persist,
+            # and 04's llm-zero evaluation under the same pooling reads the ones its candidates share.
+            run = stage.rerank(val, cands, depth, adapter=False, persist=True)
             rows[f"llm-zero ({pooling})"] = evaluate_run(run, val, text, ks, cfg.bootstrap_resamples,
                                                          profile.seed)["metrics"]
     finally:
