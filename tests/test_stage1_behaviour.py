@@ -118,5 +118,8 @@ def test_scoring_the_same_weights_again_reads_the_persisted_passage_reps(tiny, m
     stage.projection = torch.eye(first.shape[1])
     try:
         assert stage.rep_key(True) != key
+        off = stage.rep_key(False)
+        stage.projection = 2 * stage.projection  # the map itself is in the key, adapter on or off
+        assert stage.rep_key(False) != off
     finally:
         stage.projection = None

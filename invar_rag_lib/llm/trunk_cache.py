@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from ..integrity import load_or_none, read_sealed, write_sealed
 from ..io_utils import sha256_text
 from ..progress import progress
+
+
+def hash_tensors(h, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Feed (name, tensor) pairs into the hash `h`, each tensor as its float32 bytes."""
+    for name, tensor in named:
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
 
 
 def trunk_fingerprint(model, split: int, extra: str = "") -> str:
@@ -32,11 +39,8 @@ def trunk_fingerprint(model, split: int, extra: str = "") -> str:
     h = hashlib.sha256(f"split={split};{extra}".encode())
     modules = [decoder.embed_tokens, *decoder.layers[:split]]
     for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            if "lora_" in name:
-                continue
-            h.update(name.replace(".base_layer", "").encode())
-            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        hash_tensors(h, ((name.replace(".base_layer", ""), tensor) for name, tensor in
+                         sorted(module.state_dict().items()) if "lora_" not in name))
     return h.hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ from ..llm.backbone import load_backbone
 from ..llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, format_passage, format_query, split_point,
                            tokenize, trunk_states)
 from ..llm.quantize import quantize_trunk
-from ..llm.trunk_cache import TrunkCache, trunk_fingerprint
+from ..llm.trunk_cache import TrunkCache, hash_tensors, trunk_fingerprint
 from ..paths import cache_dir
 from .environments import environments
 from .groups import Group
@@ -50,6 +50,7 @@ class RetrieverStage:
         self.passages = {row["id"]: row for row in bench.corpus}
         self.envs = environments(profile)
         self.projection: torch.Tensor | None = None  # the ridge map into MiniLM's space, when in use
+        self.rep_caches: dict[str, TrunkCache] = {}  # rep_key -> persisted passage reps (`passage_reps`)
 
     # --- representations -------------------------------------------------------------------
     def passage_text(self, pid: str) -> str:
@@ -159,16 +160,11 @@ class RetrieverStage:
         from ..training import lora_state
 
         rc, h = self.profile.retriever, hashlib.sha256()
-        if adapter:
-            for name, tensor in sorted(lora_state(self.model, RETRIEVER_ADAPTER).items()):
-                h.update(name.encode())
-                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        if self.projection is not None:
-            h.update(b"projection")
-            h.update(self.projection.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        none = torch.zeros(0)
+        hash_tensors(h, sorted(lora_state(self.model, RETRIEVER_ADAPTER).items()) if adapter else [("adapter off", none)])
+        hash_tensors(h, [("projection", none if self.projection is None else self.projection)])
         return sha256_text(self.model_fingerprint, str(self.split), rc.pooling, rc.padding_side, rc.passage_template,
-                           f"r={rc.lora_r};alpha={rc.lora_alpha}", h.hexdigest() if adapter else "adapter off",
-                           "projection" if self.projection is not None else "no projection")[:24]
+                           f"r={rc.lora_r};alpha={rc.lora_alpha}", h.hexdigest())[:24]
 
     @torch.no_grad()
     def passage_reps(self, pids: Sequence[str], memo: dict | None = None, adapter: bool = True,
@@ -192,8 +188,10 @@ class RetrieverStage:
 
             texts = [self.passage_text(p) for p in todo]
             if persist:
-                cache = TrunkCache(cache_dir() / "reps", self.rep_key(adapter), log=self.log, label="passage reps")
-                reps = cache.get_or_compute(texts, rc.max_len, compute, batch_size=None)
+                key = self.rep_key(adapter)
+                if key not in self.rep_caches:  # one per weights: its shards are read from disk once
+                    self.rep_caches[key] = TrunkCache(cache_dir() / "reps", key, log=self.log, label="passage reps")
+                reps = self.rep_caches[key].get_or_compute(texts, rc.max_len, compute, batch_size=None)
             else:
                 reps = compute(texts)
             memo.update(zip(todo, reps))
