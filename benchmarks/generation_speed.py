@@ -25,7 +25,7 @@ from invar_rag_lib.baselines import load_run
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
-from invar_rag_lib.llm.backbone import load_backbone
+from invar_rag_lib.llm.weights import load_model
 from invar_rag_lib.paths import reports_dir
 from invar_rag_lib.llm.decode import DecodeStats, greedy_decode
 from invar_rag_lib.stage2.prompts import PassageWindows, build_prompt, prefix_text, select_demonstrations
@@ -39,7 +39,7 @@ def main() -> None:
     profile = load_profile(args.profile)
     g = profile.generator
     bench = load_benchmark(profile.name)
-    model, tokenizer = load_backbone(profile.retriever.backbone, seed=profile.seed)
+    model, tokenizer = load_model(profile.retriever.backbone, seed=profile.seed)
     passages = {row["id"]: row for row in bench.corpus}
     windows = PassageWindows(tokenizer, passages, g)
     prefix = prefix_text(g, select_demonstrations(bench, g, profile.seed))

@@ -26,27 +26,17 @@ import torch
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
-from invar_rag_lib.llm.encoder import RETRIEVER_ADAPTER, encode_full, set_lora_dropout, tokenize, trunk_states
+from invar_rag_lib.llm.backbone import RETRIEVER, Backbone
+from invar_rag_lib.llm.encoder import encode_full, set_lora_dropout, tokenize, trunk_states
+from invar_rag_lib.llm.retriever import LLMRetriever, TopEncoder
+from invar_rag_lib.machine import matmul_gflops
 from invar_rag_lib.paths import reports_dir
-from invar_rag_lib.stage1.pipeline import RetrieverStage
-from invar_rag_lib.llm.retriever import TopEncoder
 
 
-def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
-
-
-def trunk_flops_per_token(stage: RetrieverStage) -> float:
+def trunk_flops_per_token(backbone: Backbone) -> float:
     """2 × weights of the trunk's layers (the matmuls; embeddings are a lookup), per token."""
-    decoder = stage.model.get_base_model().model
-    params = sum(p.numel() for layer in decoder.layers[: stage.split] for n, p in layer.named_parameters()
+    decoder = backbone.model.get_base_model().model
+    params = sum(p.numel() for layer in decoder.layers[: backbone.split(RETRIEVER)] for n, p in layer.named_parameters()
                  if "lora_" not in n and p.dim() == 2)
     return 2.0 * params
 
@@ -60,31 +50,33 @@ def main() -> None:
     profile = load_profile(args.profile)
     rc = profile.retriever
     bench = load_benchmark(profile.name)
-    stage = RetrieverStage(profile, bench, log=lambda *a: None)
-    texts = [stage.passage_text(row["id"]) for row in bench.corpus.select(range(args.texts))]
+    backbone = Backbone.from_profile(profile, log=lambda *a: None)
+    split = backbone.split(RETRIEVER)
+    zero = LLMRetriever.from_profile(backbone, profile, bench.passages())
+    texts = [zero.passage_text(row["id"]) for row in bench.corpus.select(range(args.texts))]
 
-    peak = matmul_peak()
-    batches = [tokenize(stage.tokenizer, texts[i:i + rc.encode_batch_size], rc.max_len, rc.padding_side)
+    peak = matmul_gflops()
+    batches = [tokenize(backbone.tokenizer, texts[i:i + rc.encode_batch_size], rc.max_len, rc.padding_side)
                for i in range(0, len(texts), rc.encode_batch_size)]
     def trunk_pass(model) -> tuple[float, list]:
-        trunk_states(model, batches[0], stage.split)  # warm-up
+        trunk_states(model, batches[0], split)  # warm-up
         t0 = time.perf_counter()
         tokens, states = 0, []
         for batch in batches:
-            states += trunk_states(model, batch, stage.split)
+            states += trunk_states(model, batch, split)
             tokens += int(batch.input_ids.numel())  # padded tokens are computed too
         return tokens / (time.perf_counter() - t0), states
 
-    tok_s, states = trunk_pass(stage.model)
-    gflops = tok_s * trunk_flops_per_token(stage) / 1e9
+    tok_s, states = trunk_pass(backbone.model)
+    gflops = tok_s * trunk_flops_per_token(backbone) / 1e9
     # The other trunk arithmetic, on a second copy of the model (same weights, same texts).
     other_mode = "int8" if rc.trunk_quantization == "none" else "none"
-    other = RetrieverStage(dataclasses.replace(profile, retriever=dataclasses.replace(rc, trunk_quantization=other_mode)),
-                           bench, log=lambda *a: None)
+    other = Backbone.from_profile(dataclasses.replace(profile, retriever=dataclasses.replace(rc, trunk_quantization=other_mode)),
+                                  log=lambda *a: None)
     other_tok_s, other_states = trunk_pass(other.model)
     with torch.no_grad():
-        mine = TopEncoder(stage.model, stage.split, rc.padding_side, rc.pooling).encode(states)
-        theirs = TopEncoder(other.model, other.split, rc.padding_side, rc.pooling).encode(other_states)
+        mine = TopEncoder(backbone.model, split, rc.padding_side, rc.pooling).encode(states)
+        theirs = TopEncoder(other.model, split, rc.padding_side, rc.pooling).encode(other_states)
     cos = torch.nn.functional.cosine_similarity(mine, theirs)
     by_mode = {rc.trunk_quantization: tok_s, other_mode: other_tok_s}
     del other
@@ -92,21 +84,21 @@ def main() -> None:
     # One training micro-batch: batch_size queries × group_size passages, original environment.
     s1 = profile.stage1
     n_p = s1.batch_size * s1.group_size
-    q_texts = [stage.query_text(q["question"]) for q in bench.eval_records("nq")[: s1.batch_size]]
+    q_texts = [zero.query_text(q["question"]) for q in bench.eval_records("nq")[: s1.batch_size]]
     p_texts = texts[:n_p]
-    q_states, p_states = stage.states(q_texts, rc.query_max_len), stage.states(p_texts, rc.max_len)
-    q_tok = tokenize(stage.tokenizer, q_texts, rc.query_max_len, rc.padding_side)
-    p_tok = tokenize(stage.tokenizer, p_texts, rc.max_len, rc.padding_side)
-    stage.model.train()
-    top = TopEncoder(stage.model, stage.split, rc.padding_side, rc.pooling)
-    params = [p for p in stage.model.parameters() if p.requires_grad]
+    q_states, p_states = backbone.states(q_texts, rc.query_max_len), backbone.states(p_texts, rc.max_len)
+    q_tok = tokenize(backbone.tokenizer, q_texts, rc.query_max_len, rc.padding_side)
+    p_tok = tokenize(backbone.tokenizer, p_texts, rc.max_len, rc.padding_side)
+    backbone.model.train()
+    top = TopEncoder(backbone.model, split, rc.padding_side, rc.pooling)
+    params = [p for p in backbone.model.parameters() if p.requires_grad]
 
     def step(cached: bool) -> float:
         t = time.perf_counter()
         if cached:
             q, p = top.encode(q_states), top.encode(p_states)
         else:
-            q, p = encode_full(stage.model, q_tok), encode_full(stage.model, p_tok)
+            q, p = encode_full(backbone.model, q_tok, rc.pooling), encode_full(backbone.model, p_tok, rc.pooling)
         loss = -(q @ p.T / rc.tau_r).log_softmax(-1).diagonal().mean()
         loss.backward()
         for prm in params:
@@ -119,11 +111,11 @@ def main() -> None:
         timings[cached] = min(step(cached) for _ in range(args.steps))
     by_dropout = {}
     for p in (0.05, 0.0):
-        set_lora_dropout(stage.model, RETRIEVER_ADAPTER, p)
+        set_lora_dropout(backbone.model, RETRIEVER, p)
         step(True)
         by_dropout[p] = min(step(True) for _ in range(args.steps))
-    set_lora_dropout(stage.model, RETRIEVER_ADAPTER, rc.lora_dropout)
-    stage.model.eval()
+    set_lora_dropout(backbone.model, RETRIEVER, rc.lora_dropout)
+    backbone.model.eval()
 
     nb_times = {}
     tpath = reports_dir(profile.reports_dir) / "results" / "timings.json"

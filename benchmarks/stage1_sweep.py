@@ -25,11 +25,15 @@ import torch
 from invar_rag_lib.config import load_profile
 from invar_rag_lib.data import load_benchmark
 from invar_rag_lib.io_utils import atomic_write_json
-from invar_rag_lib.llm.encoder import RETRIEVER_ADAPTER, set_lora_dropout
+from invar_rag_lib.llm.backbone import RETRIEVER
+from invar_rag_lib.llm.encoder import set_lora_dropout
+from invar_rag_lib.llm.retriever import LLMRetriever
 from invar_rag_lib.paths import data_dir, reports_dir
 from invar_rag_lib.retrieval.harness import evaluate_run, random_ranking
-from invar_rag_lib.stage1.experiment import env_subset, mean_pairwise_cosine, prepare, validation_set
-from invar_rag_lib.stage1.train import Objective, train_retriever
+from invar_rag_lib.stage1.evaluate import mean_pairwise_cosine, validation_set
+from invar_rag_lib.stage1.prepare import env_subset, fit_projection, prepare, training_data
+from invar_rag_lib.stage1.train import train_retriever
+from invar_rag_lib.stage1.variants import Objective
 
 # The sweep's centre, fixed here (not read from the profile, whose values the sweep chooses):
 BASE_RETRIEVER = {"pooling": "mean", "tau_r": 0.05, "lora_layers": 2, "lora_dropout": 0.05,
@@ -88,8 +92,8 @@ def with_fields(profile, retriever: dict, stage1: dict):
 
 
 @torch.no_grad()
-def passage_cosine(stage, pids: list[str]) -> float:
-    return mean_pairwise_cosine(stage.passage_reps(pids))
+def passage_cosine(retriever: LLMRetriever, pids: list[str]) -> float:
+    return mean_pairwise_cosine(retriever.passage_reps(pids))
 
 
 def main() -> None:
@@ -122,11 +126,12 @@ def main() -> None:
     bench = load_benchmark(profile.name)
     t0 = time.perf_counter()
     prepared = prepare(profile, bench)
-    stage = prepared.stage
+    backbone = prepared.backbone
+    zero = prepared.retriever()
     timings = {"prepare_s": round(time.perf_counter() - t0, 1)}
     val, cands = validation_set(profile, bench, prepared.val_questions)
     ranked = [cands[q["id"]] for q in val]
-    text = {pid: p["text"] for pid, p in stage.passages.items()}
+    text = {pid: p["text"] for pid, p in prepared.passages.items()}
     ks = [5, 20]
     n_boot, seed = profile.retrieval.bootstrap_resamples, profile.seed
     sample = sorted({p for r in ranked for p in r[:10]})[:400]  # for the cosine diagnostic
@@ -140,16 +145,15 @@ def main() -> None:
             "minilm": score(cands)}
     timings[f"{prefix}prepare_s"] = timings.pop("prepare_s")
     t0 = time.perf_counter()
-    stage.states([stage.passage_text(p) for p in dict.fromkeys(p for r in ranked for p in r)],
-                                 rc.max_len)
+    backbone.states([zero.passage_text(p) for p in dict.fromkeys(p for r in ranked for p in r)], rc.max_len)
     timings[f"{prefix}val_trunk_s"] = round(time.perf_counter() - t0, 1)
     # The zero-shot floors change with the frozen passes (trunk arithmetic, window), not with LoRA depth.
     floor_prefix = prefix if args.trunk != "none" or args.max_len is not None else ""
     for pooling in ("eos", "mean"):
-        stage.profile = with_fields(profile, {**depth, "pooling": pooling}, {})
-        stage.reset_adapter()
-        rows[f"{floor_prefix}llm-zero ({pooling})"] = {**score(stage.rerank(val, cands, rc.rerank_depth)),
-                                         "mean cos(d, d')": round(passage_cosine(stage, sample), 3)}
+        floor = LLMRetriever.from_profile(backbone, with_fields(profile, {**depth, "pooling": pooling}, {}),
+                                          prepared.passages, weights=backbone.initial[RETRIEVER])
+        rows[f"{floor_prefix}llm-zero ({pooling})"] = {**score(floor.rerank(val, cands, rc.rerank_depth)),
+                                                       "mean cos(d, d')": round(passage_cosine(floor, sample), 3)}
     for name, row in rows.items():
         print(name, row, flush=True)
     def write() -> None:
@@ -191,25 +195,26 @@ def main() -> None:
         p = with_fields(profile, r_over, s_over)
         main_data = prepared.main
         if "group_size" in s_over:
-            main_data = stage.training_data(env_subset(prepared.all_groups, 0, s_over["group_size"]), None, None)
-        stage.profile = p
-        stage.reset_adapter()
-        set_lora_dropout(stage.model, RETRIEVER_ADAPTER, p.retriever.lora_dropout)
+            main_data = training_data(backbone, p, prepared.envs, env_subset(prepared.all_groups, 0, s_over["group_size"]),
+                                      prepared.passages, None, None)
+        backbone.reset_adapter(RETRIEVER)
+        set_lora_dropout(backbone.model, RETRIEVER, p.retriever.lora_dropout)
         projection = None
         if p.stage1.projection == "ridge":
             if p.stage1.ridge_lambda not in ridge:
-                ridge[p.stage1.ridge_lambda] = stage.fit_projection(prepared.all_groups)
+                ridge[p.stage1.ridge_lambda] = fit_projection(LLMRetriever.from_profile(backbone, p, prepared.passages),
+                                                              p, bench, prepared.all_groups)
             projection = ridge[p.stage1.ridge_lambda]
         t0 = time.perf_counter()
         hist = []
         if objective is not None:
-            hist = train_retriever(stage.model, stage.split, main_data, objective, p,
-                                   data_dir() / "checkpoints" / "sweep" / name, log=lambda *a: None,
-                                   env_data=prepared.data, projection=projection)["history"]
+            hist = train_retriever(backbone, main_data, objective, p, data_dir() / "checkpoints" / "sweep" / name,
+                                   log=lambda *a: None, env_data=prepared.data, projection=projection)["history"]
         train_s = time.perf_counter() - t0
-        stage.projection = projection
-        run = stage.rerank(val, cands, rc.rerank_depth)
-        rows[name] = {**score(run), "mean cos(d, d')": round(passage_cosine(stage, sample), 3),
+        point = LLMRetriever.from_profile(backbone, p, prepared.passages, weights=backbone.adapter_state(RETRIEVER),
+                                          projection=projection, name=name)
+        run = point.rerank(val, cands, rc.rerank_depth)
+        rows[name] = {**score(run), "mean cos(d, d')": round(passage_cosine(point, sample), 3),
                       "steps": len(hist), "train s": round(train_s),
                       "final L_ctr": round(hist[-1]["ctr"], 3) if hist else "",
                       "changes": json.dumps({**r_over, **s_over, **({} if objective == Objective(alpha=1.0) else
@@ -217,9 +222,7 @@ def main() -> None:
                                               dataclasses.asdict(objective)})})}
         print(name, rows[name], flush=True)
         write()
-    stage.profile = profile
-    stage.reset_adapter()
-    set_lora_dropout(stage.model, RETRIEVER_ADAPTER, profile.retriever.lora_dropout)
+    set_lora_dropout(backbone.model, RETRIEVER, profile.retriever.lora_dropout)
     write()
     print((reports_dir(profile.reports_dir) / "tables" / "stage1_sweep.md").read_text())
 

@@ -1,4 +1,5 @@
-"""BM25 and MiniLM retrieval over the benchmark corpus, scored with the shared harness.
+"""Notebook 01: BM25 and MiniLM (the coarse stage, `retrieval/coarse.py`) over the whole corpus,
+scored with the shared harness.
 
 Runs (top-`max(ks)` passage ids per question) are saved under `data/runs/<profile>/`: they are the
 coarse candidates `K(q)` of later stages and the passages of the `bm25-rag` / `minilm-rag` rows.
@@ -6,62 +7,19 @@ coarse candidates `K(q)` of later stages and the passages of the `bm25-rag` / `m
 from __future__ import annotations
 
 import time
-from typing import Sequence
 
 from .config import Profile
 from .data import Benchmark
 from .integrity import IntegrityError, read_sealed_json, write_sealed_json
-from .paths import cache_dir, runs_dir
-from .retrieval.bm25 import BM25Retriever
-from .llm.device import compute_device
-from .retrieval.dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
+from .paths import runs_dir
+from .retrieval.coarse import CoarseStage
 from .retrieval.harness import evaluate_run, paired_pvalue_at_k
-
-
-def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """Corpus ids, what the retrievers read (`fmt` of title and text), and text alone (for has_answer)."""
-    ids, shown, text = [], [], {}
-    for row in bench.corpus:
-        ids.append(row["id"])
-        shown.append(fmt.format(title=row["title"], text=row["text"]).strip())
-        text[row["id"]] = row["text"]
-    return ids, shown, text
-
-
-class CoarseRetrievers:
-    """BM25 and MiniLM over the benchmark corpus, built (or loaded from cache) once."""
-
-    def __init__(self, profile: Profile, bench: Benchmark, log=print):
-        cfg = profile.retrieval
-        self.ids, shown, self.text = passage_strings(bench, cfg.passage_format)
-        self.timings = {}
-        t0 = time.perf_counter()
-        self.bm25 = BM25Retriever.build_or_load(
-            self.ids, shown, {"k1": cfg.bm25_k1, "b": cfg.bm25_b, "method": cfg.bm25_method,
-                              "stemmer": cfg.bm25_stemmer, "stopwords": cfg.bm25_stopwords},
-            cache_dir() / "indexes", log=log)
-        self.timings["bm25_index_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
-        self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
-        self.corpus_emb = self.cache.get_or_encode(shown, self.encoder.encode, log=log)
-        self.timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
-        self.dense = DenseRetriever(self.ids, self.corpus_emb)
-        self.log = log
-
-    def search(self, name: str, texts: Sequence[str], depth: int) -> list[list[str]]:
-        if name == "bm25":
-            return self.bm25.search(list(texts), depth)[0]
-        if name == "minilm":
-            emb = self.cache.get_or_encode(list(texts), self.encoder.encode, log=self.log)
-            return self.dense.search_embeddings(emb, depth)[0]
-        raise ValueError(f"unknown coarse retriever {name!r}; use 'bm25' or 'minilm'")
 
 
 def run_baselines(profile: Profile, bench: Benchmark, log=print) -> dict:
     cfg = profile.retrieval
     depth = max(cfg.ks)
-    coarse = CoarseRetrievers(profile, bench, log=log)
+    coarse = CoarseStage(profile, bench, log=log)
     text = coarse.text
     questions = {ds: bench.eval_records(ds) for ds in bench.eval}
     timings, runs = dict(coarse.timings), {"bm25": {}, "minilm": {}}

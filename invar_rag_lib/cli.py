@@ -76,21 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_retriever(args) -> None:
     from .data import load_benchmark
+    from .llm.backbone import RETRIEVER
     from .paths import data_dir
-    from .stage1.experiment import data_key, prepare
-    from .stage1.train import train_retriever, variant_objectives
+    from .stage1.experiment import data_key
+    from .stage1.prepare import prepare
+    from .stage1.train import train_retriever
+    from .stage1.variants import variant_objectives
 
     profile = load_profile(args.profile)
     objectives = variant_objectives(profile)
     if args.variant not in objectives:
         raise ValueError(f"unknown variant {args.variant!r}; valid variants are {sorted(objectives)}")
+    objective = objectives[args.variant]
     bench = load_benchmark(profile.name)
     prepared = prepare(profile, bench)
     out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
-    # The same data key as the notebooks', so notebooks 05 and 07 can reuse this checkpoint.
-    result = train_retriever(prepared.stage.model, prepared.stage.split, prepared.main,
-                             objectives[args.variant], profile, out, resume=args.resume,
-                             data_key=data_key(bench, prepared), env_data=prepared.data)
+    prepared.backbone.reset_adapter(RETRIEVER)
+    # The same data key and projection as the notebooks' (variants with α > 0 read h(x) through the
+    # ridge map), so this is notebook 04's model and notebooks 05 and 07 can reuse the checkpoint.
+    result = train_retriever(prepared.backbone, prepared.main, objective, profile, out, resume=args.resume,
+                             data_key=data_key(bench, prepared), env_data=prepared.data,
+                             projection=prepared.projection if objective.alpha else None)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
           f"checkpoint {out}/checkpoint-latest")
@@ -138,8 +144,8 @@ def _run(args) -> int:
     elif args.command == "report":
         import time
 
-        from .artifacts import report
-        from .reporting import Reports
+        from .report.artifacts import report
+        from .report.writer import Reports
 
         t0 = time.perf_counter()
         reports = Reports(load_profile(args.profile))

@@ -130,11 +130,11 @@ class Stage1Config:
 class GeneratorConfig:
     """Stage 2 (docs/method.md §2): the `generator` adapter, its prompts, training and decoding.
 
-    The adapter has the retriever's LoRA shape (`retriever.lora_*`, same top `L` layers), so the
-    trunk cache serves its training too; its dropout is its own (`lora_dropout`). The prompt is
-    `instruction` + `n_shot` demonstrations + the top-`k` passages (each cut to `passage_tokens`
-    tokens) + the question; the demonstrations come first, so one key/value cache of that shared
-    prefix serves every prompt.
+    The adapter's shape is its own (`lora_*`: LoRA on the top `lora_layers` layers, 0 = all); the
+    layers below are its frozen trunk, cached once per training sequence in their own store. The
+    prompt is `instruction` + `n_shot` demonstrations + the top-`k` passages (each cut to
+    `passage_tokens` tokens) + the question; the demonstrations come first, so one key/value cache
+    of that shared prefix serves every prompt.
     """
     retriever_variant: str = "invar"  # whose top-k passages the generator reads (frozen)
     k: int = 3
@@ -154,7 +154,12 @@ class GeneratorConfig:
     epochs: int = 2
     batch_size: int = 8
     lr: float = 5e-4
+    lora_layers: int = 2  # LoRA on the top L decoder layers (0 = all); its own, not the retriever's
+    lora_r: int = 8
+    lora_alpha: int = 16
     lora_dropout: float = 0.05  # the generator adapter's (METHOD's value); the retriever's is retriever.lora_dropout
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    grad_accum: int = 1
     warmup_steps: int = 5
     max_grad_norm: float = 1.0
     max_new_tokens: int = 16
@@ -325,9 +330,16 @@ def _validate(p: Profile, where: str) -> None:
         raise ConfigError(f"{where}.retriever: need lora_r >= 1, lora_alpha > 0, 0 <= lora_dropout < 1, "
                           "rerank_depth >= 1")
     if g.lr <= 0 or g.epochs < 1 or g.batch_size < 1 or g.checkpoint_every < 1 or g.generate_batch_size < 1 \
-            or g.train_questions < 1 or not 0 <= g.lora_dropout < 1:
-        raise ConfigError(f"{where}.generator: need lr > 0, 0 <= lora_dropout < 1 and epochs, batch_size, "
+            or g.train_questions < 1 or not 0 <= g.lora_dropout < 1 or g.grad_accum < 1:
+        raise ConfigError(f"{where}.generator: need lr > 0, 0 <= lora_dropout < 1 and epochs, batch_size, grad_accum, "
                           "checkpoint_every, generate_batch_size, train_questions >= 1")
+    if g.lora_layers < 0 or g.lora_r < 1 or g.lora_alpha <= 0 or not g.lora_targets:
+        raise ConfigError(f"{where}.generator: need lora_layers >= 0 (0 = all), lora_r >= 1, lora_alpha > 0 and "
+                          "some lora_targets")
+    if r.trunk_quantization != "none" and (g.lora_layers == 0 or g.lora_layers > r.lora_layers):
+        raise ConfigError(f"{where}.generator.lora_layers: the {r.trunk_quantization} trunk quantizes the layers "
+                          f"below the retriever's top {r.lora_layers}; the generator may not train them "
+                          f"(set generator.lora_layers in 1..{r.lora_layers}, or retriever.trunk_quantization = 'none')")
     d = p.data
     if d.eval_questions_per_dataset < 1 or d.corpus_pool_questions_per_dataset < d.eval_questions_per_dataset \
             or d.distractor_passages < 0 or d.train_questions_per_source < 0:

@@ -60,6 +60,10 @@ class Benchmark:
     def train_records(self, source: str) -> list[dict]:
         return [_decode(r) for r in self.train[source]]
 
+    def passages(self) -> dict[str, dict]:
+        """Corpus id -> passage row (id, title, text), in corpus order."""
+        return {row["id"]: row for row in self.corpus}
+
 
 def _decode(record: dict) -> dict:
     return {**record, "metadata": json.loads(record["metadata"])}

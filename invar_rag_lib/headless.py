@@ -55,7 +55,7 @@ IPYTHON_IMPORT = "from IPython.display import"
 def without_ipython(source: str) -> str:
     """The cell's `IPython.display` imports pointed at the stand-ins of `display.py` (a fake
     `IPython` module would mislead matplotlib, pandas and tqdm, which look for a running IPython)."""
-    return source.replace(IPYTHON_IMPORT, "from invar_rag_lib.display import")
+    return source.replace(IPYTHON_IMPORT, "from invar_rag_lib.report.display import")
 
 
 def code_cells(path: Path) -> list[tuple[list[str], str]]:

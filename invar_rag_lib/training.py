@@ -1,5 +1,6 @@
-"""What both training loops (the `retriever` and the `generator` adapter) share: the lr schedule,
-the epoch order, the LoRA state, and checkpoint I/O with exact resume.
+"""The one training loop of both adapters (`train_adapter`: the `retriever` of stage 1 and the
+`generator` of stage 2 each supply a named batch-loss function), and what it rests on: the lr
+schedule, the epoch order, the LoRA state, and checkpoint I/O with exact resume.
 
 A checkpoint is a folder `<run>/checkpoint-latest` holding the adapter weights (safetensors), the
 optimizer state (`torch.load(weights_only=True)`), every RNG state (python, numpy, torch CPU and
@@ -10,18 +11,21 @@ the fields that differ, so a run is never continued under another configuration.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .integrity import CheckpointError, IntegrityError, check_dir, seal_dir
-from .io_utils import atomic_write_json, replace_dir
+from .io_utils import atomic_write_json, jsonable, replace_dir
 
 CHECKPOINT = "checkpoint-latest"
 
@@ -182,3 +186,118 @@ def clean_leftovers(folder: str | Path, log=print) -> int:
     if n:
         log(f"removed {n} unfinished checkpoint write(s) left by an interrupted run under {folder}")
     return n
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Schedule:
+    """How one adapter is optimised: AdamW, `get_lr`, clipping, and the global batch of
+    `batch_size × processes × grad_accum` examples."""
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    max_grad_norm: float
+    batch_size: int
+    grad_accum: int
+    epochs: int
+    checkpoint_every: int
+
+
+def adapter_parameters(model, adapter: str) -> list[torch.nn.Parameter]:
+    """The LoRA weights of `adapter`, made trainable; every other weight frozen."""
+    params = []
+    for name, p in model.named_parameters():
+        mine = f".{adapter}." in name
+        p.requires_grad_(mine)
+        if mine:
+            params.append(p)
+    return params
+
+
+def train_adapter(module: torch.nn.Module, model, adapter: str, n_examples: int, batch_loss: Callable,
+                  schedule: Schedule, seed: int, out_dir: str | Path, config: dict, *, what: str = "examples",
+                  resume: bool = False, reuse: bool = False, stop_after: int | None = None,
+                  on_start: Callable[[], None] | None = None, on_checkpoint: Callable[[int], dict] | None = None,
+                  desc: str = "training", log=print) -> dict:
+    """The one training loop of both adapters (nanoGPT-style, top to bottom, with `accelerate`).
+
+    `module` is the trainable forward (it holds `model`, the peft model); `batch_loss(module, idx,
+    micro)` returns (loss, logs) for the examples `idx` of global micro-batch number `micro`. One
+    optimizer step per global batch: gradient accumulation is written out (loss / grad_accum, no
+    all-reduce until the last micro-batch), so W processes compute what one process computes with
+    grad_accum = W. The lr is set by `get_lr` at every step. A checkpoint (every `checkpoint_every`
+    steps and at the end) is written by the main process, then every process waits; `resume`
+    continues from it to the same weights as an uninterrupted run; with `reuse`, a finished
+    checkpoint made under exactly `config` is loaded instead of training. `on_start()` runs once
+    before the first step of a run that trains (e.g. reading cached trunk states); `on_checkpoint(step)`
+    (an evaluation hook) returns numbers added to that step's record. Returns the history and config."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .llm.device import compute_device
+    from .paths import shown
+    from .progress import step_bar
+
+    out_dir = Path(out_dir)
+    set_seed(seed)
+    accelerator = Accelerator(cpu=compute_device().type == "cpu")
+    params = adapter_parameters(model, adapter)
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro, accum = schedule.batch_size, schedule.grad_accum
+    per_epoch = n_examples // (micro * world * accum)  # whole global batches only
+    total_steps = per_epoch * schedule.epochs
+    if total_steps == 0:
+        raise ValueError(f"{n_examples} {what} are fewer than one global batch "
+                         f"({micro} x {world} processes x {accum} accumulation)")
+    config = jsonable({**config, "processes": world, "total_steps": total_steps})
+    if reuse and (done := finished_checkpoint(out_dir, config)):
+        load_adapter(model, out_dir, adapter)
+        log(f"reused the finished {adapter} checkpoint in {shown(out_dir)} (same config and data)")
+        return {"history": done["history"], "config": config, "reused": True}
+    if on_start is not None:
+        on_start()
+    step, history = 0, []
+    latest = checkpoint_path(out_dir)
+    clean_leftovers(out_dir, log)
+    if resume and (latest / "state.json").exists():
+        step, history = load_checkpoint(latest, model, optimizer, adapter, config)
+        log(f"resumed from {latest.name} at step {step}")
+    module.train()
+    bar = step_bar(total_steps, step, desc, show=accelerator.is_main_process)
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        order = epoch_order(n_examples, seed, epoch)
+        logs_acc: list[dict] = []
+        for a in range(accum):
+            last = a == accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(module):
+                loss, logs = batch_loss(module, micro_batch(order, in_epoch, micro, world, rank, a, accum),
+                                        (step * accum + a) * world + rank)
+                accelerator.backward(loss / accum)  # gradients sum to the global-batch mean
+            logs_acc.append(logs)
+        accelerator.clip_grad_norm_(params, schedule.max_grad_norm)
+        lr = get_lr(step, schedule.lr, schedule.warmup_steps, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad()
+        local = torch.tensor([float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]])
+        means = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()  # over processes
+        record = {"step": step + 1, "lr": lr, **{k: float(v) for k, v in zip(logs_acc[0], means)}}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+        bar.update()
+        step += 1
+        if step % schedule.checkpoint_every == 0 or step == total_steps:
+            if on_checkpoint is not None:
+                record.update(on_checkpoint(step))
+            if accelerator.is_main_process:
+                save_checkpoint(latest, model, optimizer, step, config, history, adapter)
+            accelerator.wait_for_everyone()
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+    module.eval()
+    return {"history": history, "config": config, "reused": False}

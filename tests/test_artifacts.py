@@ -7,10 +7,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from invar_rag_lib import artifacts
+from invar_rag_lib.report import artifacts
 from invar_rag_lib.cli import main
 from invar_rag_lib.config import load_profile
-from invar_rag_lib.reporting import Reports
+from invar_rag_lib.report.writer import Reports
 from invar_rag_lib.stage1.ablations import ablation_points, not_run
 from invar_rag_lib.report.generation import generation_table
 
@@ -88,7 +88,7 @@ def test_ablation_points_reuse_variant_names_and_report_what_is_not_run():
 
 
 def test_sync_readme_replaces_only_marked_tables_that_were_rebuilt(tmp_path):
-    from invar_rag_lib.artifacts import sync_readme
+    from invar_rag_lib.report.artifacts import sync_readme
 
     reports = Reports(load_profile("smoke"))
     (reports.root / "tables").mkdir(parents=True)

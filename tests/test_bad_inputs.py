@@ -145,7 +145,7 @@ def test_broken_baseline_run_is_refused_with_its_path(isolated_home):
 
 
 def test_broken_results_json_names_its_path(tiny_profile):
-    from invar_rag_lib.reporting import Reports
+    from invar_rag_lib.report.writer import Reports
 
     reports = Reports(tiny_profile)
     path = reports.results_path("04_retriever/retrieval")
@@ -157,7 +157,7 @@ def test_broken_results_json_names_its_path(tiny_profile):
 
 # ----------------------------------------------------------------------------- checkpoints
 def _tiny_checkpoint(out_dir: Path, config: dict):
-    from invar_rag_lib.llm.backbone import tiny_llama
+    from invar_rag_lib.llm.weights import tiny_llama
     from invar_rag_lib.llm.encoder import add_retriever_adapter
     from invar_rag_lib.training import checkpoint_path, save_checkpoint
 

@@ -1,7 +1,7 @@
 """The claims table: one verdict rule, paired tests in the paper's direction, p-values at their resolution."""
 import pytest
 
-from invar_rag_lib.claims import fmt_p, paired_test, verdict
+from invar_rag_lib.report.claims import fmt_p, paired_test, verdict
 
 
 def _t(effect, p):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.encoder import (RETRIEVER_ADAPTER, add_retriever_adapter, encode_full, format_passage, format_query, last_token_pool,
                                        split_point, tokenize, trunk_states)
 from invar_rag_lib.llm.retriever import TopEncoder
@@ -53,8 +53,8 @@ def test_truncation_keeps_room_for_the_eos(model_and_tok):
 
 def test_left_and_right_padding_give_the_same_representation(model_and_tok):
     model, tok = model_and_tok
-    left = encode_full(model, tokenize(tok, TEXTS, 24, "left"))
-    right = encode_full(model, tokenize(tok, TEXTS, 24, "right"))
+    left = encode_full(model, tokenize(tok, TEXTS, 24, "left"), "eos")
+    right = encode_full(model, tokenize(tok, TEXTS, 24, "right"), "eos")
     torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
     assert torch.allclose(left.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
 
@@ -73,7 +73,7 @@ def test_trunk_cache_path_equals_plain_forward(model_and_tok, side, tmp_path):
     cache = TrunkCache(tmp_path, trunk_fingerprint(model, split))
     states = cache.get_or_compute(TEXTS, 24, compute, batch_size=2)
     cached = encode_from_trunk(model, states, split, side)
-    plain = encode_full(model, tokenize(tok, TEXTS, 24, side))
+    plain = encode_full(model, tokenize(tok, TEXTS, 24, side), "eos")
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
     assert calls == [2, 1]
     # A second object on the same directory reads the shard instead of computing.

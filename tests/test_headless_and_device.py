@@ -45,7 +45,7 @@ def test_headless_names_the_failing_cell(tmp_path):
 def test_headless_points_ipython_imports_at_its_stand_ins():
     src = "import pandas as pd\nfrom IPython.display import Markdown, display\n"
     out = headless.without_ipython(src)
-    assert "IPython" not in out and "from invar_rag_lib.display import Markdown, display" in out
+    assert "IPython" not in out and "from invar_rag_lib.report.display import Markdown, display" in out
     ns: dict = {}
     exec(out, ns)
     assert repr(ns["Markdown"]("**x**")) == "**x**"
@@ -97,18 +97,21 @@ def test_in_memory_trunk_cache_writes_nothing(tmp_path):
 
 
 def test_full_search_equals_a_rerank_of_the_whole_corpus(built_tiny, tmp_path):
-    """`RetrieverStage.search` (the gpu profile's retrieval) ranks as `rerank` over every passage."""
+    """`LLMRetriever.search` (the gpu profile's retrieval) ranks as `rerank` over every passage."""
     from conftest import tiny_profile_dict
 
     from invar_rag_lib.config import profile_from_dict
-    from invar_rag_lib.stage1.pipeline import RetrieverStage
+    from invar_rag_lib.llm.backbone import RETRIEVER, Backbone
+    from invar_rag_lib.llm.retriever import LLMRetriever
 
     _, bench = built_tiny
     values = tiny_profile_dict(tmp_path / "reports")
     values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
                            "mode": "full"}
     values["stage1"] = {"windows": [12]}
-    stage = RetrieverStage(profile_from_dict(values), bench, log=lambda *a: None)
+    profile = profile_from_dict(values)
+    backbone = Backbone.from_profile(profile, log=lambda *a: None)
+    stage = LLMRetriever.from_profile(backbone, profile, bench.passages(), weights=backbone.initial[RETRIEVER])
     qs = bench.eval_records("nq")
     everything = {q["id"]: list(stage.passages) for q in qs}
     reranked = stage.rerank(qs, everything, len(stage.passages))
@@ -122,7 +125,9 @@ def test_stage2_retriever_run_in_full_mode_searches_the_whole_corpus(built_tiny,
     from conftest import tiny_profile_dict
 
     from invar_rag_lib.config import profile_from_dict
-    from invar_rag_lib.stage2.experiment import RUN_MARGIN, GenerationStage
+    from invar_rag_lib.llm.retriever import LLMRetriever
+    from invar_rag_lib.stage1.runs import RUN_MARGIN
+    from invar_rag_lib.stage2.experiment import GenerationStage
 
     _, bench = built_tiny
     values = tiny_profile_dict(tmp_path / "reports")
@@ -133,15 +138,17 @@ def test_stage2_retriever_run_in_full_mode_searches_the_whole_corpus(built_tiny,
                         "windows": [12], "epochs": 1, "batch_size": 2, "warmup_steps": 1}
     values["generator"] = {"k": 2, "train_questions": 4, "n_shot": 1, "passage_tokens": 8,
                            "retriever_variant": "llm-zero"}
-    gs = GenerationStage(profile_from_dict(values), bench, log=lambda *a: None)
+    profile = profile_from_dict(values)
+    gs = GenerationStage(profile, bench, log=lambda *a: None)
     run = gs.retriever_run()
-    assert run["mode"].startswith("full") and run["depth"] == len(gs.stage.passages)
-    keep = min(2 + RUN_MARGIN, len(gs.stage.passages))
+    assert run["mode"].startswith("full") and run["depth"] == len(gs.passages)
+    keep = min(2 + RUN_MARGIN, len(gs.passages))
     assert set(run["runs"]) == {*bench.eval, "train"}
     for split, by_q in run["runs"].items():
         assert by_q and all(len(ids) == keep and len(set(ids)) == keep for ids in by_q.values())
     qs = bench.eval_records("nq")
-    assert run["runs"]["nq"] == gs.stage.search(qs, keep, adapter=False)
+    assert run["runs"]["nq"] == LLMRetriever.from_profile(gs.backbone, profile, gs.passages).search(qs, keep)
+    assert not gs.retriever_run()["made_now"]  # the second time, the saved run is read
 
 
 def test_device_smoke_profile_is_smoke_with_the_gpu_code_path():
@@ -154,6 +161,8 @@ def test_device_smoke_profile_is_smoke_with_the_gpu_code_path():
     smoke = load_profile("smoke").to_dict()
     device = load_profile(Path(__file__).resolve().parents[1] / "benchmarks" / "device_smoke.toml").to_dict()
     assert (device["retriever"]["lora_layers"], device["retriever"]["mode"]) == (0, "full")
+    assert device["generator"]["lora_layers"] == 0
     for d in (smoke, device):
         del d["name"], d["reports_dir"], d["retriever"]["lora_layers"], d["retriever"]["mode"]
+        del d["generator"]["lora_layers"]
     assert device == smoke

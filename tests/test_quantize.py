@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from invar_rag_lib.config import ConfigError, load_profile
-from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.encoder import add_retriever_adapter, decoder_of, encode_full, format_passage, tokenize, trunk_states
 from invar_rag_lib.llm.quantize import quantize_trunk
 from invar_rag_lib.llm.retriever import TopEncoder

@@ -16,7 +16,7 @@ from invar_rag_lib.io_utils import (
     sha256_file,
     sha256_text,
 )
-from invar_rag_lib.reporting import PACKAGES, Reports, fmt_ci, to_markdown
+from invar_rag_lib.report.writer import PACKAGES, Reports, fmt_ci, to_markdown
 from invar_rag_lib.report.corpus import benchmark_counts_table, corpus_table
 from invar_rag_lib.report.names import ordered
 from invar_rag_lib.report.retrieval import retrieval_table

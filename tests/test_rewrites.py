@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from invar_rag_lib.integrity import read_sealed_json
-from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.decode import prompt_ids
 from invar_rag_lib.stage1 import rewrites as R
 

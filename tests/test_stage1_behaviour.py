@@ -12,7 +12,7 @@ from conftest import tiny_profile_dict
 def tiny(built_tiny, tmp_path_factory):
     """(profile, bench, prepared): stage 1 prepared once on the tiny benchmark (LLM rewrites off)."""
     from invar_rag_lib.config import profile_from_dict
-    from invar_rag_lib.stage1.experiment import prepare
+    from invar_rag_lib.stage1.prepare import prepare
 
     _, bench = built_tiny
     root = tmp_path_factory.mktemp("stage1")
@@ -50,7 +50,7 @@ def test_groups_put_answer_bearing_positives_first_and_answer_free_negatives_aft
 
 def test_rerank_orders_each_questions_candidates_by_the_score(tiny):
     _, bench, prepared = tiny
-    stage = prepared.stage
+    stage = prepared.retriever()
     questions = bench.eval_records("nq")[:3]
     pids = [row["id"] for row in bench.corpus][:10]
     cands = {q["id"]: pids[i:i + 6] for i, q in enumerate(questions)}
@@ -68,58 +68,69 @@ def test_lsr_scores_equal_the_answer_loglikelihoods_and_are_cached(tiny, tmp_pat
     from invar_rag_lib.stage1.lsr import compute_lsr, lsr_prompts
 
     profile, _, prepared = tiny
-    stage, groups = prepared.stage, prepared.groups[:2]
+    backbone, envs, groups = prepared.backbone, prepared.envs, prepared.groups[:2]
     path = tmp_path / "lsr.json"
-    args = (stage.model, stage.tokenizer, groups, stage.envs, prepared.rewrites, stage.passages,
+    args = (backbone.model, backbone.tokenizer, groups, envs, prepared.rewrites, prepared.passages,
             profile.stage1.lsr_prompt, path, "fp")
     values = compute_lsr(*args, log=lambda *a: None)
-    assert values.shape == (len(stage.envs), len(groups), len(groups[0].passage_ids))
-    prompts = lsr_prompts(stage.tokenizer, groups, stage.envs, prepared.rewrites, stage.passages,
+    assert values.shape == (len(envs), len(groups), len(groups[0].passage_ids))
+    prompts = lsr_prompts(backbone.tokenizer, groups, envs, prepared.rewrites, prepared.passages,
                           profile.stage1.lsr_prompt)
-    answers = [g.target_answer for _ in stage.envs for g in groups for _ in g.passage_ids]
-    with stage.model.disable_adapter():
-        direct = scoring.answer_logliks(stage.model, stage.tokenizer, prompts[:3], answers[:3])
+    answers = [g.target_answer for _ in envs for g in groups for _ in g.passage_ids]
+    with backbone.adapter(None):
+        direct = scoring.answer_logliks(backbone.model, backbone.tokenizer, prompts[:3], answers[:3])
     torch.testing.assert_close(values.flatten()[:3], direct, atol=1e-5, rtol=0)
     monkeypatch.setattr(scoring, "answer_logliks", lambda *a, **k: pytest.fail("scored again"))
     torch.testing.assert_close(compute_lsr(*args, log=lambda *a: None), values)
 
 
 def test_scoring_the_same_weights_again_reads_the_persisted_passage_reps(tiny, monkeypatch):
-    """An evaluation keeps h(d) on disk under a key of everything it depends on: the same weights
-    read it back bit for bit without running the top layers; other adapter weights, the adapter
+    """An evaluation keeps h(d) on disk under a key of everything it depends on: the same value
+    reads it back bit for bit without running the top layers; other adapter weights, the adapter
     switched off, or a projection miss."""
+    from invar_rag_lib.llm.backbone import RETRIEVER
     from invar_rag_lib.llm.retriever import TopEncoder
     from invar_rag_lib.paths import cache_dir
 
     _, bench, prepared = tiny
-    stage = prepared.stage
-    stage.reset_adapter()
+    initial = prepared.retriever(weights=prepared.backbone.initial[RETRIEVER], name="initial")
     pids = [row["id"] for row in bench.corpus][:12]
-    first = stage.passage_reps(pids, persist=True)
+    first = initial.passage_reps(pids, persist=True)
     # the initial adapter (B = 0) is the frozen model, bit for bit: llm-zero's reps are the same either way
-    assert torch.equal(stage.passage_reps(pids, adapter=False), first)
-    assert list((cache_dir() / "reps" / stage.rep_key(True)).glob("shard-*.safetensors"))
+    zero = prepared.retriever()
+    assert torch.equal(zero.passage_reps(pids), first)
+    assert list((cache_dir() / "reps" / initial.key).glob("shard-*.safetensors"))
     calls, encode = [], TopEncoder.encode
     monkeypatch.setattr(TopEncoder, "encode", lambda self, states: calls.append(len(states)) or encode(self, states))
-    again = stage.passage_reps(pids, persist=True)
+    again = initial.replace(name="the same weights again").passage_reps(pids, persist=True)
     assert calls == [] and torch.equal(again, first)
-    assert torch.equal(stage.passage_reps(pids), first) and calls  # the unpersisted path: same values
-    key = stage.rep_key(True)
-    try:
-        with torch.no_grad():
-            next(p for n, p in stage.model.named_parameters() if "lora_B" in n).add_(0.05)
-        assert stage.rep_key(True) != key
-        calls.clear()
-        assert not torch.equal(stage.passage_reps(pids, persist=True), first) and calls
-    finally:
-        stage.reset_adapter()
-    assert stage.rep_key(True) == key
-    assert stage.rep_key(False) != key
-    stage.projection = torch.eye(first.shape[1])
-    try:
-        assert stage.rep_key(True) != key
-        off = stage.rep_key(False)
-        stage.projection = 2 * stage.projection  # the map itself is in the key, adapter on or off
-        assert stage.rep_key(False) != off
-    finally:
-        stage.projection = None
+    assert torch.equal(initial.passage_reps(pids), first) and calls  # the unpersisted path: same values
+    moved = {k: (v + 0.05 if "lora_B" in k else v) for k, v in initial.weights.items()}
+    other = initial.replace(weights=moved)
+    assert other.key != initial.key
+    calls.clear()
+    assert not torch.equal(other.passage_reps(pids, persist=True), first) and calls
+    calls.clear()
+    assert torch.equal(initial.passage_reps(pids, persist=True), first) and calls == []  # its own weights again
+    assert zero.key != initial.key
+    mapped = initial.replace(projection=torch.eye(first.shape[1]))
+    assert mapped.key != initial.key
+    off = zero.replace(projection=torch.eye(first.shape[1]))
+    assert off.key != zero.key
+    assert off.replace(projection=2 * off.projection).key != off.key  # the map itself is in the key, adapter on or off
+
+
+def test_a_retriever_value_is_never_changed_by_another(tiny):
+    """Two values over one backbone keep their own weights: using one, then the other, then the
+    first again gives the first's reps back exactly (the slot is reloaded when another's are in it)."""
+    from invar_rag_lib.llm.backbone import RETRIEVER
+
+    _, bench, prepared = tiny
+    pids = [row["id"] for row in bench.corpus][:6]
+    a = prepared.retriever(weights=prepared.backbone.initial[RETRIEVER], name="a")
+    b = a.replace(weights={k: (v + 0.1 if "lora_B" in k else v) for k, v in a.weights.items()}, name="b")
+    ra = a.passage_reps(pids)
+    rb = b.passage_reps(pids)
+    assert not torch.equal(ra, rb)
+    assert torch.equal(a.passage_reps(pids), ra)
+    assert prepared.backbone.loaded[RETRIEVER] == a.digest

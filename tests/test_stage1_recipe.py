@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from invar_rag_lib.config import ConfigError, load_profile
-from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.encoder import add_retriever_adapter, encode_full, mean_pool, tokenize, trunk_states
 from invar_rag_lib.losses import contrastive_loss
 from invar_rag_lib.retrieval.harness import paired_pvalue_at_k, random_ranking, random_ranking_from_counts
 from invar_rag_lib.stage1.environments import Environment
 from invar_rag_lib.llm.retriever import TopEncoder
-from invar_rag_lib.stage1.train import Objective, TrainingData, env_batch, train_retriever
+from invar_rag_lib.stage1.train import TrainingData, env_batch, train_retriever
+from invar_rag_lib.stage1.variants import Objective
 
 
 def test_mean_pool_ignores_padding_on_either_side():
@@ -90,10 +91,11 @@ def test_training_learns_a_learnable_toy_task_far_below_the_uniform_loss(tmp_pat
         "stage1.batch_size": 4, "stage1.epochs": 30, "stage1.lr": 3e-3, "stage1.warmup_steps": 2,
         "stage1.checkpoint_every": 1000, "retriever.lora_dropout": 0.0, "retriever.pooling": "mean",
         "retriever.tau_r": 0.05})
-    torch.manual_seed(0)
-    model = add_retriever_adapter(tiny_llama(seed=0), 2, 8, 16, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                      "gate_proj", "up_proj", "down_proj"])
-    tok = tiny_tokenizer()
+    from invar_rag_lib.llm.backbone import Backbone, LoraShape
+
+    backbone = Backbone("tiny-random", LoraShape(2, 8, 16, 0.0, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj")), seed=0, log=lambda *a: None)
+    model, tok = backbone.model, backbone.tokenizer
     data = _toy_task(model, tok)
     data.envs = [Environment("original", 0, 16)]
     uniform = math.log(4 * 2)  # 4 queries x 2 passages per micro-batch
@@ -109,7 +111,7 @@ def test_training_learns_a_learnable_toy_task_far_below_the_uniform_loss(tmp_pat
         return float(contrastive_loss(q, p, pos, 0.05))
 
     before = full_loss()
-    history = train_retriever(model, 2, data, Objective(), profile, tmp_path / "toy", log=lambda *a: None)["history"]
+    history = train_retriever(backbone, data, Objective(), profile, tmp_path / "toy", log=lambda *a: None)["history"]
     after = full_loss()
     last = sum(h["ctr"] for h in history[-4:]) / 4
     assert last < 0.25 * uniform, (before, last, uniform)
@@ -151,7 +153,8 @@ def test_stage1_end_to_end_on_tiny_data(built_tiny, tmp_path, lora_layers, mode,
     """prepare + every variant + scoring on the tiny benchmark: the cpu profile's code path
     (rerank, trunk cache) and the gpu profile's (LoRA on every layer, full-corpus retrieval)."""
     from invar_rag_lib.config import profile_from_dict
-    from invar_rag_lib.stage1.experiment import prepare, run_variants
+    from invar_rag_lib.stage1.experiment import run_variants
+    from invar_rag_lib.stage1.prepare import prepare
     from conftest import tiny_profile_dict
 
     _, bench = built_tiny
@@ -180,18 +183,18 @@ def test_stage1_end_to_end_on_tiny_data(built_tiny, tmp_path, lora_layers, mode,
     assert (prepared.projection is not None) == (projection == "ridge")
     if projection == "ridge":  # a 64-dim tiny model mapped into MiniLM's 384 dimensions
         assert tuple(prepared.projection.shape) == (64, 384)
-        assert prepared.stage.projection is None  # run_variants leaves the stage clean
 
 
 def test_ablations_train_the_component_variants_and_are_tested_against_04s_floors(built_tiny, tmp_path):
     """Notebook 07 trains invar−align and invar−inv (04 does not), reuses 04's invar checkpoint, and its
     points get floor p-values against 04's random and llm-zero; the α and λ claims read 07's results."""
-    from invar_rag_lib.artifacts import _floors, ablation_floors
-    from invar_rag_lib.claims import claims_table
+    from invar_rag_lib.report.artifacts import _floors, ablation_floors
+    from invar_rag_lib.report.claims import claims_table
     from invar_rag_lib.config import profile_from_dict
-    from invar_rag_lib.reporting import provenance
+    from invar_rag_lib.report.writer import provenance
     from invar_rag_lib.stage1.ablations import run_ablations
-    from invar_rag_lib.stage1.experiment import prepare, run_variants
+    from invar_rag_lib.stage1.experiment import run_variants
+    from invar_rag_lib.stage1.prepare import prepare
     from conftest import tiny_profile_dict
 
     _, bench = built_tiny

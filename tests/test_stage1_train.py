@@ -1,4 +1,4 @@
-"""The retriever training loop: LoRA-only updates, resume == uninterrupted, 2 processes == 1."""
+"""The one training loop (both adapters): LoRA-only updates, resume == uninterrupted, 2 processes == 1."""
 import json
 import os
 import subprocess
@@ -51,8 +51,8 @@ def test_training_changes_lora_and_loss_is_logged(uninterrupted):
     from train_tiny_script import make_setup  # the same initial weights (tests/ is on sys.path)
     from invar_rag_lib.training import lora_state
 
-    _, model, _ = make_setup(2)
-    init = lora_state(model, "retriever")
+    _, backbone, _ = make_setup(2)
+    init = lora_state(backbone.model, "retriever")
     assert set(weights) == set(init)
     assert any(not torch.equal(weights[k], init[k]) for k in weights if "lora_B" in k)
     assert [h["step"] for h in history] == list(range(1, len(history) + 1))
@@ -125,3 +125,20 @@ def test_micro_batches_of_processes_and_accumulation_steps_partition_the_global_
             size = 4 * world * accum
             assert flat == sorted(flat) == order[step * size:(step + 1) * size]  # disjoint, covering, in order
     assert micro_batch(order, 0, 4, 2, 1, 1, 2) == micro_batch(order, 0, 4, 4, 3)  # accumulation = more processes
+
+
+def test_the_generator_trains_in_the_same_loop_two_processes_matching_one_with_accumulation(tmp_path):
+    """The generator adapter goes through the same loop: its 2-process run equals 1 process with
+    grad_accum = 2 (same global batches), and only its own LoRA weights move."""
+    from train_tiny_script import make_generator_setup
+    from invar_rag_lib.training import lora_state
+
+    one, one_history = run_script(tmp_path / "one", accum=2, flags=["--adapter=generator"])
+    two, history = run_script(tmp_path / "two", accum=1, processes=2, flags=["--adapter=generator"])
+    assert len(history) == len(one_history) >= 2
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in one_history], abs=1e-4)
+    _, backbone, _ = make_generator_setup(2)
+    init = lora_state(backbone.model, "generator")
+    assert set(one) == set(init) and any(not torch.equal(one[k], init[k]) for k in one)

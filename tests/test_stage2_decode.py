@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from invar_rag_lib.llm.backbone import tiny_llama, tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_llama, tiny_tokenizer
 from invar_rag_lib.llm.decode import DecodeStats, Prompt, greedy_decode, prompt_ids, stop_token_ids
 
 

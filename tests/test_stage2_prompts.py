@@ -2,7 +2,7 @@
 import pytest
 
 from invar_rag_lib.config import GeneratorConfig, load_profile, ConfigError
-from invar_rag_lib.llm.backbone import tiny_tokenizer
+from invar_rag_lib.llm.weights import tiny_tokenizer
 from invar_rag_lib.stage2.prompts import PassageWindows, build_prompt, prefix_text, target_answer
 
 PASSAGES = {"a": {"title": "Mars", "text": "Mars is often called the Red Planet because of its colour."},

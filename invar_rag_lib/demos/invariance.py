@@ -5,11 +5,12 @@ import torch
 
 from .. import losses
 from ..config import Profile
+from ..llm.backbone import RETRIEVER
 from ..llm.retriever import encode_states, group_scores
 
 
 def summarize(profile: Profile, prepared, n_examples: int = 3) -> dict:
-    data, envs, groups = prepared.data, prepared.stage.envs, prepared.groups
+    data, envs, groups = prepared.data, prepared.envs, prepared.groups
     q = data.lsr_logq.exp()  # [E, n, G]
     n, g = data.coarse.shape
     mask = torch.ones(n, g, dtype=torch.bool)
@@ -50,16 +51,17 @@ def _sources(prepared) -> dict:
 @torch.no_grad()
 def loss_on_batch(profile: Profile, prepared) -> dict:
     """L_inv and its parts for the first batch, with the adapter's initial (no-op) weights."""
-    stage, data = prepared.stage, prepared.data
-    stage.reset_adapter()
-    enc = stage.encoder().eval()
+    data = prepared.data
+    start = prepared.retriever(weights=prepared.backbone.initial[RETRIEVER], name="initial adapter")
+    enc = start.encoder().eval()
     idx = list(range(min(profile.stage1.batch_size, len(data))))
     g = data.coarse.shape[1]
     scores = []
-    for env in data.envs:
-        qr = encode_states(enc, [data.query_states[env.query_variant][i] for i in idx], enc.padding_side)
-        pr = encode_states(enc, [s for i in idx for s in data.passage_states[env.window][i]], enc.padding_side)
-        scores.append(group_scores(qr, pr, profile.retriever.tau_r).cpu())
+    with start.active():
+        for env in data.envs:
+            qr = encode_states(enc, [data.query_states[env.query_variant][i] for i in idx], enc.padding_side)
+            pr = encode_states(enc, [s for i in idx for s in data.passage_states[env.window][i]], enc.padding_side)
+            scores.append(group_scores(qr, pr, start.tau_r).cpu())
     mask = torch.ones(len(idx), g, dtype=torch.bool)
     loss, diag = losses.invariance_loss(torch.stack(scores), data.lsr_logq[:, idx], mask, profile.stage1.gamma)
     return {"L_inv": float(loss), "gamma": profile.stage1.gamma,

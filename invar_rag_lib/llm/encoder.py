@@ -102,7 +102,7 @@ def split_point(model, lora_layers: int) -> int:
 
 
 def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
-                  pooling: str = "eos") -> torch.Tensor:
+                  pooling: str) -> torch.Tensor:
     """h(x) from the input of layer `start` ([B, T, D]): layers [start, N), final norm, pooling
     (`POOLINGS`), L2 norm. Inputs are moved to the model's device and dtype (states live on the CPU)."""
     if pooling not in POOLINGS:
@@ -114,7 +114,7 @@ def encode_hidden(model, hidden: torch.Tensor, attention_mask: torch.Tensor, sta
     return F.normalize(POOLINGS[pooling](hidden, attention_mask).float(), dim=-1)
 
 
-def encode_full(model, batch: Batch, pooling: str = "eos") -> torch.Tensor:
+def encode_full(model, batch: Batch, pooling: str) -> torch.Tensor:
     """h(x) by a plain forward through every layer: [B, D], L2-normalised."""
     embed = decoder_of(model).embed_tokens
     return encode_hidden(model, embed(batch.input_ids.to(embed.weight.device)), batch.attention_mask, 0,

@@ -13,7 +13,7 @@ SIDES = ("left", "right")
 
 
 def pad_id(tokenizer) -> int:
-    """The tokenizer's pad token, or EOS when it has none (`load_backbone` always sets one)."""
+    """The tokenizer's pad token, or EOS when it has none (`load_model` always sets one)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 

@@ -1,27 +1,36 @@
-"""The LLM retriever as a model: the layers above the cached trunk, the pooling, the optional map
-into MiniLM's space, and the group scores s_θ(q, d) (docs/method.md §1).
+"""The LLM retriever (docs/method.md §1): the trainable top (`TopEncoder`), the group scores, and
+`LLMRetriever`, the immutable value that every evaluation, rerank and search goes through.
 
-`TopEncoder` is the one module that turns trunk states into h(x): training (stage 1), evaluation
-(rerank or full retrieval), the ridge fit and the notebooks' checks all call it, so what is
-trained is exactly what is evaluated. It sits below the training code (`stage1/train.py` imports
-it, never the reverse).
+`TopEncoder` turns trunk states into h(x) (layers above the cached trunk, final norm, pooling, the
+optional map into MiniLM's space); training and evaluation both call it, so what is trained is exactly
+what is evaluated. `LLMRetriever` is a value in the manner of tevatron's encoder: a backbone, the
+`retriever` adapter's weights (or none: the frozen model), pooling, projection, τ_r, padding side and
+windows. A variant or an ablation is another value, never a mutation of a shared object; its cache
+key (`key`) is computed from its own fields. The adapter weights are put into the backbone's slot
+only when another value's weights are there.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Mapping, Sequence
 
 import torch
 
-from .encoder import encode_hidden
+from .backbone import RETRIEVER, Backbone
+from .encoder import encode_hidden, format_passage, format_query
 from .padding import pad_states
+from .trunk_cache import hash_tensors
 
 
 class TopEncoder(torch.nn.Module):
     """The trainable part: decoder layers [split, N) + norm + pooling, fed trunk states; with a
     `projection` W ([D, D']), h(x) = normalize(W^T h_pooled(x)) (a fixed map, not trained)."""
 
-    def __init__(self, model, split: int, padding_side: str = "left", pooling: str = "eos",
-                 projection: torch.Tensor | None = None):
+    def __init__(self, model, split: int, padding_side: str, pooling: str, projection: torch.Tensor | None = None):
         super().__init__()
         self.model, self.split, self.padding_side, self.pooling = model, split, padding_side, pooling
         self.projection = projection
@@ -45,3 +54,164 @@ def encode_states(encoder, states: Sequence[torch.Tensor], padding_side: str) ->
 def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, tau_r: float) -> torch.Tensor:
     """s_θ(q, d) for each query's own group: q_reps [B, D], p_reps [B*G, D] (grouped) -> [B, G]."""
     return torch.einsum("bd,bgd->bg", q_reps, p_reps.view(q_reps.shape[0], -1, q_reps.shape[1])) / tau_r
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def weights_digest(weights: Mapping[str, torch.Tensor] | None) -> str:
+    """The digest of adapter weights (or of "adapter off")."""
+    h = hashlib.sha256()
+    hash_tensors(h, sorted(weights.items()) if weights is not None else [("adapter off", torch.zeros(0))])
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class LLMRetriever:
+    """One LLM retriever: the frozen backbone read through `weights` of the `retriever` adapter (None:
+    the base model, `llm-zero`), pooled, optionally mapped into MiniLM's space by `projection`."""
+    backbone: Backbone
+    passages: Mapping[str, dict]  # corpus id -> {"title", "text"}
+    pooling: str
+    tau_r: float
+    padding_side: str
+    max_len: int
+    query_max_len: int
+    query_template: str
+    passage_template: str
+    score_batch_size: int
+    weights: Mapping[str, torch.Tensor] | None = None
+    projection: torch.Tensor | None = None
+    name: str = "llm-zero"
+
+    @classmethod
+    def from_profile(cls, backbone: Backbone, profile, passages: Mapping[str, dict], **fields) -> "LLMRetriever":
+        """The profile's retriever fields; `fields` override any of them (pooling, weights, ...)."""
+        rc = profile.retriever
+        values = dict(pooling=rc.pooling, tau_r=rc.tau_r, padding_side=rc.padding_side, max_len=rc.max_len,
+                      query_max_len=rc.query_max_len, query_template=rc.query_template,
+                      passage_template=rc.passage_template, score_batch_size=rc.score_batch_size)
+        return cls(backbone, passages, **{**values, **fields})
+
+    def replace(self, **fields) -> "LLMRetriever":
+        return dataclasses.replace(self, **fields)
+
+    # --- identity -----------------------------------------------------------------------------
+    @cached_property
+    def digest(self) -> str:
+        return weights_digest(self.weights)
+
+    @cached_property
+    def key(self) -> str:
+        """Everything a pooled representation h(d) depends on besides its text and window: the base
+        weights (and the trunk's arithmetic), the adapter weights (or "off"), its shape, the pooling,
+        the padding side, the template and the projection."""
+        from ..io_utils import sha256_text
+
+        h = hashlib.sha256()
+        hash_tensors(h, sorted(self.weights.items()) if self.weights is not None
+                     else [("adapter off", torch.zeros(0))])
+        hash_tensors(h, [("projection", torch.zeros(0) if self.projection is None else self.projection)])
+        shape = self.backbone.adapters[RETRIEVER]
+        return sha256_text(self.backbone.model_fingerprint, str(self.split), self.pooling, self.padding_side,
+                           self.passage_template, f"r={shape.r};alpha={shape.alpha}", h.hexdigest())[:24]
+
+    @property
+    def split(self) -> int:
+        return self.backbone.split(RETRIEVER)
+
+    @contextlib.contextmanager
+    def active(self):
+        """The backbone as this value reads it: its adapter weights in the `retriever` slot (loaded
+        only if another value's are there), that adapter active; or every adapter off."""
+        if self.weights is None:
+            with self.backbone.adapter(None):
+                yield
+            return
+        if self.backbone.loaded.get(RETRIEVER) != self.digest:
+            self.backbone.load_adapter_state(RETRIEVER, dict(self.weights), self.digest)
+        with self.backbone.adapter(RETRIEVER):
+            yield
+
+    # --- representations ------------------------------------------------------------------------
+    def encoder(self) -> TopEncoder:
+        return TopEncoder(self.backbone.model, self.split, self.padding_side, self.pooling, self.projection)
+
+    def passage_text(self, pid: str) -> str:
+        p = self.passages[pid]
+        return format_passage(p["title"], p["text"], self.passage_template)
+
+    def query_text(self, question: str) -> str:
+        return format_query(question, self.query_template)
+
+    def score(self, q_reps: torch.Tensor, p_reps: torch.Tensor) -> torch.Tensor:
+        """s_θ(q, d) = h(q)·h(d) / τ_r for every pair: [Q, D] x [P, D] -> [Q, P]."""
+        return q_reps @ p_reps.T / self.tau_r
+
+    @torch.no_grad()
+    def query_reps(self, texts: Sequence[str]) -> torch.Tensor:
+        """h(q) for already formatted query `texts`, as float32 on the CPU, where passage reps live."""
+        enc = self.encoder().eval()
+        with self.active():
+            states = self.backbone.states(list(texts), self.query_max_len)
+            return torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(states, self.score_batch_size)])
+
+    @torch.no_grad()
+    def passage_reps(self, pids: Sequence[str], memo: dict | None = None, persist: bool = False) -> torch.Tensor:
+        """h(d) for `pids`, as float32 on the CPU; `memo` (pid -> rep) avoids re-encoding a passage for
+        every dataset and environment of one evaluation. With `persist`, reps are also kept on disk
+        under `key` (data/cache/reps/), so scoring the same value again (notebook 07's `invar`, the
+        generator's retriever run) reads them back, bit for bit, instead of running the top layers."""
+        memo = {} if memo is None else memo
+        todo = [p for p in dict.fromkeys(pids) if p not in memo]
+        if todo:
+            enc = self.encoder().eval()
+
+            def compute(texts: list[str]) -> list[torch.Tensor]:
+                with self.active():
+                    states = self.backbone.states(texts, self.max_len)
+                    reps = torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(states, self.score_batch_size)])
+                return [r.clone() for r in reps]  # one storage each: safetensors refuses shared ones
+
+            texts = [self.passage_text(p) for p in todo]
+            reps = (self.backbone.rep_store(self.key).get_or_compute(texts, self.max_len, compute, batch_size=None)
+                    if persist else compute(texts))
+            memo.update(zip(todo, reps))
+        return torch.stack([memo[p] for p in pids])
+
+    # --- retrieval ------------------------------------------------------------------------------
+    def _query_reps_for(self, questions: Sequence[dict], query_texts: Mapping[str, str] | None) -> torch.Tensor:
+        return self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"])) for q in questions])
+
+    @torch.no_grad()
+    def rerank(self, questions: Sequence[dict], candidates: Mapping[str, Sequence[str]], depth: int,
+               query_texts: Mapping[str, str] | None = None, memo: dict | None = None,
+               persist: bool = False) -> dict[str, list[str]]:
+        """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids.
+        `query_texts` (qid -> text) replaces a question's text (its rewrites); pass one `memo` to
+        every call of one value; `persist` as for `passage_reps`."""
+        pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
+        p_reps = self.passage_reps(pool, memo, persist)
+        q_reps = self._query_reps_for(questions, query_texts)
+        row = {p: i for i, p in enumerate(pool)}
+        run = {}
+        for q, qr in zip(questions, q_reps):
+            cands = list(candidates[q["id"]][:depth])
+            scores = p_reps[[row[p] for p in cands]] @ qr
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            run[q["id"]] = [cands[i] for i in order]
+        return run
+
+    @torch.no_grad()
+    def search(self, questions: Sequence[dict], k: int, query_texts: Mapping[str, str] | None = None,
+               memo: dict | None = None, persist: bool = False) -> dict[str, list[str]]:
+        """Full retrieval: every corpus passage scored by s_θ(q, d), the top `k` per question (exact
+        inner product, `DenseRetriever`); returns qid -> ranked ids."""
+        from ..retrieval.dense import DenseRetriever
+
+        pids = list(self.passages)
+        index = DenseRetriever(pids, self.passage_reps(pids, memo, persist))
+        ranked, _ = index.search_embeddings(self._query_reps_for(questions, query_texts), k)
+        return {q["id"]: r for q, r in zip(questions, ranked)}

@@ -1,7 +1,7 @@
 """Disk cache of frozen-trunk hidden states, keyed by trunk fingerprint, window and text.
 
 (The same store keeps pooled passage representations, keyed by everything they depend on:
-`stage1.pipeline.RetrieverStage.rep_key`.)
+`llm.retriever.LLMRetriever.key`.)
 
 With LoRA on the top `L` layers only, the output of the layers below depends on the text alone
 (docs/method.md §5), so it is computed once and reused by every training step, epoch, variant and

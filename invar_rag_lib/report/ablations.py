@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..reporting import fmt_ci  # noqa: E402
+from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, HEADLINE_K, display_name, ordered  # noqa: E402
 
 
@@ -23,17 +23,17 @@ def point_label(point: dict) -> str:
 def ablation_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
     """One row per ablation point: acc@k (%, 95% CI, † = p < 0.05 against `invar`) and Jaccard@k of
     the top-k sets between each question and its rewrites, per dataset."""
-    table = {}
+    table, typed = {}, retrievers(results)
     for point in results["points"]:
-        by_ds = results["retrievers"][point["name"]]
+        by_ds = typed[point["name"]]
         cells = {"checkpoint": point["name"]}
         for ds in ordered(by_ds):
-            cell = fmt_ci(by_ds[ds]["metrics"][f"acc@{k}"])
+            cell = by_ds[ds].acc(k).pct()
             p = results["paired_pvalues"].get(f"{point['name']}_vs_invar/{ds}", {}).get(f"acc@{k}")
             if p is not None and p < 0.05:
                 cell += " †"
             cells[f"{DATASET_NAMES.get(ds, ds)} acc@{k}"] = cell
-            cells[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(by_ds[ds]["stability"][f"jaccard@{k}"])
+            cells[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = by_ds[ds].stability("jaccard", k).pct()
         table[point_label(point)] = cells
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("ablation")
 
@@ -43,19 +43,20 @@ def ablation_curves(results: dict, k: int = HEADLINE_K):
     sns.set_theme(style="whitegrid", context="notebook")
     axes_of = [("lambda", "λ (weight of L_inv)"), ("rewrites", "R (rewrites per training question)")]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharey="row", squeeze=False)
-    datasets = ordered(next(iter(results["retrievers"].values())))
+    typed = retrievers(results)
+    datasets = ordered(next(iter(typed.values())))
     palette = sns.color_palette("deep", len(datasets))
     for col, (axis, label) in enumerate(axes_of):
         points = sorted((p for p in results["points"] if p["axis"] == axis), key=lambda p: p["value"])
         xs = [p["value"] for p in points]
         for row, (getter, ylabel) in enumerate([
-                (lambda r: r["metrics"][f"acc@{k}"], f"acc@{k} (%)"),
-                (lambda r: r["stability"][f"jaccard@{k}"], f"Jaccard@{k} vs rewrites (%) ↑")]):
+                (lambda r: r.acc(k), f"acc@{k} (%)"),
+                (lambda r: r.stability("jaccard", k), f"Jaccard@{k} vs rewrites (%) ↑")]):
             ax = axes[row][col]
             for color, ds in zip(palette, datasets):
-                vals = [getter(results["retrievers"][p["name"]][ds]) for p in points]
-                ax.errorbar(xs, [100 * v["mean"] for v in vals],
-                            yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
+                vals = [getter(typed[p["name"]][ds]) for p in points]
+                ax.errorbar(xs, [100 * v.mean for v in vals],
+                            yerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
                             marker="o", capsize=3, color=color, label=DATASET_NAMES.get(ds, ds))
             ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
             if col == 0:

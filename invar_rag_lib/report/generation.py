@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..reporting import fmt_ci  # noqa: E402
+from ..results import generation  # noqa: E402
 from ..stage2 import ROWS  # noqa: E402
 from .names import DATASET_NAMES, ordered, ordered_retrievers  # noqa: E402
 
@@ -25,12 +25,12 @@ def generation_rows(names) -> list[str]:
 def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs: str = "minilm-rag") -> pd.DataFrame:
     """Rows: generation rows; columns: dataset × metric, '% mean [95% CI]', † = p < 0.05 against
     `significance_vs` (paired bootstrap)."""
-    table = {}
-    for row in generation_rows(results["rows"]):
+    table, typed = {}, generation(results)
+    for row in generation_rows(typed):
         cells = {}
-        for ds in ordered(results["rows"][row]):
+        for ds in ordered(typed[row]):
             for m in metrics:
-                cell = fmt_ci(results["rows"][row][ds]["metrics"][m])
+                cell = typed[row][ds].metric(m).pct()
                 p = results["paired_pvalues"].get(f"{row}_vs_{significance_vs}/{ds}", {}).get(m)
                 if p is not None and p < 0.05:
                     cell += " †"
@@ -43,16 +43,16 @@ def context_table(results: dict) -> pd.DataFrame:
     """What the generator could read: the share of questions whose top-k passages contain an
     answer, on whole passages and within the shown windows (title + first `passage_tokens`
     tokens), per row that retrieves. Empty for results written before `window_hit` existed."""
-    table = {}
-    for row in generation_rows(results["rows"]):
+    table, typed = {}, generation(results)
+    for row in generation_rows(typed):
         cells = {}
-        for ds in ordered(results["rows"][row]):
-            m = results["rows"][row][ds]["metrics"]
-            if "window_hit" not in m or (m["context_hit"]["mean"] == 0 and row == "closed-book"):
+        for ds in ordered(typed[row]):
+            r = typed[row][ds]
+            if not r.has("window_hit") or (r.metric("context_hit").mean == 0 and row == "closed-book"):
                 continue
             name = DATASET_NAMES.get(ds, ds)
-            cells[f"{name} whole passages"] = fmt_ci(m["context_hit"])
-            cells[f"{name} shown windows"] = fmt_ci(m["window_hit"])
+            cells[f"{name} whole passages"] = r.metric("context_hit").pct()
+            cells[f"{name} shown windows"] = r.metric("window_hit").pct()
         if cells:
             table[row] = cells
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("row")
@@ -95,7 +95,7 @@ def generator_training_table(results: dict) -> pd.DataFrame:
         "demonstrations (n_shot)": results["n_shot"]}}).rename_axis("")
 
 
-def generator_loss(results: dict):
+def generator_loss_curve(results: dict):
     """05: the generator's token cross-entropy per optimizer step."""
     sns.set_theme(style="whitegrid", context="notebook")
     h = results["training"]["history"]
@@ -117,21 +117,22 @@ def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
     """06: EM, PopQA-style acc and the share of prompts whose shown passage windows (what the
     generator reads) hold an answer, per row. Results without `window_hit` (older runs) show
     `context_hit`, the whole passages."""
-    first = next(iter(results["rows"].values()))
-    if "window_hit" in metrics and "window_hit" not in next(iter(first.values()))["metrics"]:
+    typed = generation(results)
+    first = next(iter(typed.values()))
+    if "window_hit" in metrics and not next(iter(first.values())).has("window_hit"):
         metrics = tuple("context_hit" if m == "window_hit" else m for m in metrics)
     sns.set_theme(style="whitegrid", context="notebook")
-    rows = generation_rows(results["rows"])
-    datasets = ordered(results["rows"][rows[0]])
+    rows = generation_rows(typed)
+    datasets = ordered(typed[rows[0]])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), sharey=False)
     axes = np.atleast_1d(axes)
     palette = sns.color_palette("deep", len(datasets))
     width = 0.8 / len(datasets)
     for ax, m in zip(axes, metrics):
         for j, ds in enumerate(datasets):
-            vals = [results["rows"][r][ds]["metrics"][m] for r in rows]
-            mean = np.array([100 * v["mean"] for v in vals])
-            err = np.array([[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]])
+            vals = [typed[r][ds].metric(m) for r in rows]
+            mean = np.array([100 * v.mean for v in vals])
+            err = np.array([[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]])
             x = np.arange(len(rows)) + (j - (len(datasets) - 1) / 2) * width
             ax.bar(x, mean, width, yerr=err, color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
         ax.set_xticks(np.arange(len(rows)), rows, rotation=25, ha="right")

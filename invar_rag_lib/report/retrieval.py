@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..reporting import fmt_ci  # noqa: E402
+from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
 from .style import style_of  # noqa: E402
 
@@ -19,14 +19,14 @@ def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = Non
     With `significance_vs`, a † marks p < 0.05 in the paired bootstrap against that retriever
     (read from results["paired_pvalues"]["<row>_vs_<baseline>/<dataset>"]).
     """
-    table = {}
-    for name in ordered_retrievers(results["retrievers"]):
-        by_ds = results["retrievers"][name]
+    table, typed = {}, retrievers(results)
+    for name in ordered_retrievers(typed):
+        by_ds = typed[name]
         row = {}
         for ds in ordered(by_ds):
             res = by_ds[ds]
             for k in ks:
-                cell = fmt_ci(res["metrics"][f"acc@{k}"])
+                cell = res.acc(k).pct()
                 p = results.get("paired_pvalues", {}).get(f"{name}_vs_{significance_vs}/{ds}", {}).get(f"acc@{k}")
                 if p is not None and p < 0.05:
                     cell += " †"
@@ -39,20 +39,21 @@ def acc_at_k_curves(results: dict):
     """01/04: acc@k against k for every retriever and dataset, with 95% bootstrap bands (drawn for
     the trained variants only, so the floors and baselines stay readable); one legend below."""
     sns.set_theme(style="whitegrid", context="notebook")
-    datasets = ordered(next(iter(results["retrievers"].values())))
+    typed = retrievers(results)
+    datasets = ordered(next(iter(typed.values())))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), sharey=True)
     axes = [axes] if len(datasets) == 1 else list(axes)
-    names = ordered_retrievers(results["retrievers"])
+    names = ordered_retrievers(typed)
     for ax, ds in zip(axes, datasets):
         for name in names:
             color, ls = style_of(name)
-            metrics = results["retrievers"][name][ds]["metrics"]
+            metrics = typed[name][ds].metrics
             ks = sorted(int(key.split("@")[1]) for key in metrics)
-            mean = [100 * metrics[f"acc@{k}"]["mean"] for k in ks]
+            mean = [100 * metrics[f"acc@{k}"].mean for k in ks]
             ax.plot(ks, mean, marker="o", ms=3, lw=1.6, ls=ls, label=display_name(name), color=color)
             if ls == "-":
-                ax.fill_between(ks, [100 * metrics[f"acc@{k}"]["low"] for k in ks],
-                                [100 * metrics[f"acc@{k}"]["high"] for k in ks], alpha=0.12, color=color)
+                ax.fill_between(ks, [100 * metrics[f"acc@{k}"].low for k in ks],
+                                [100 * metrics[f"acc@{k}"].high for k in ks], alpha=0.12, color=color)
         coverage = results.get("answer_coverage", {}).get(ds)
         if coverage is not None:
             ax.axhline(100 * coverage, ls=(0, (1, 3)), color="black", lw=1, label="answer in corpus")

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..reporting import fmt_ci  # noqa: E402
+from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers  # noqa: E402
 from .ablations import point_label  # noqa: E402
 
@@ -17,16 +17,16 @@ from .ablations import point_label  # noqa: E402
 def stability_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
     """Rows: retrievers; columns: dataset × (Jaccard@k of top-k sets between the original question
     and its rewrites ↑, std of has_answer@k across environments ↓), in percent with 95% CI."""
-    table = {}
-    for name in ordered_retrievers(results["retrievers"]):
-        by_ds = results["retrievers"][name]
+    table, typed = {}, retrievers(results)
+    for name in ordered_retrievers(typed):
+        by_ds = typed[name]
         row = {}
         for ds in ordered(by_ds):
-            stab = by_ds[ds].get("stability")
-            if not stab:
+            res = by_ds[ds]
+            if not res.has_stability:
                 continue
-            row[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = fmt_ci(stab[f"jaccard@{k}"])
-            row[f"{DATASET_NAMES.get(ds, ds)} hit-std@{k} ↓"] = fmt_ci(stab[f"has_answer_std@{k}"])
+            row[f"{DATASET_NAMES.get(ds, ds)} Jaccard@{k} ↑"] = res.stability("jaccard", k).pct()
+            row[f"{DATASET_NAMES.get(ds, ds)} hit-std@{k} ↓"] = res.stability("has_answer_std", k).pct()
         if row:  # the random floor has no rankings, hence no stability
             table[display_name(name)] = row
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("retriever")
@@ -36,19 +36,19 @@ def stability_bars(results: dict, k: int = HEADLINE_K):
     """04: the variance claim per retriever: Jaccard@k of the top-k sets of a question and its
     rewrites (↑) and the std of hit@k across them (↓), with 95% bootstrap intervals."""
     sns.set_theme(style="whitegrid", context="notebook")
-    names = [n for n in ordered_retrievers(results["retrievers"])
-             if next(iter(results["retrievers"][n].values())).get("stability")]
-    datasets = ordered(results["retrievers"][names[0]])
+    typed = retrievers(results)
+    names = [n for n in ordered_retrievers(typed) if next(iter(typed[n].values())).has_stability]
+    datasets = ordered(typed[names[0]])
     palette = sns.color_palette("deep", len(datasets))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     width = 0.8 / len(datasets)
-    for ax, (key, label) in zip(axes, [(f"jaccard@{k}", f"Jaccard@{k}, question vs rewrites (%) ↑"),
-                                       (f"has_answer_std@{k}", f"std of hit@{k} across rewrites (%) ↓")]):
+    for ax, (key, label) in zip(axes, [("jaccard", f"Jaccard@{k}, question vs rewrites (%) ↑"),
+                                       ("has_answer_std", f"std of hit@{k} across rewrites (%) ↓")]):
         for j, ds in enumerate(datasets):
-            vals = [results["retrievers"][n][ds]["stability"][key] for n in names]
+            vals = [typed[n][ds].stability(key, k) for n in names]
             x = np.arange(len(names)) + (j - (len(datasets) - 1) / 2) * width
-            ax.bar(x, [100 * v["mean"] for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
-                   yerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
+            ax.bar(x, [100 * v.mean for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
+                   yerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
                    capsize=2)
         ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=25, ha="right")
         ax.set_ylabel(label)
@@ -61,25 +61,26 @@ def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
     """07: the variance claim for every retriever: Jaccard@k ↑ and std of hit@k across the question
     and its rewrites ↓, for BM25, MiniLM, every variant of notebook 04 and every ablation point."""
     sns.set_theme(style="whitegrid", context="notebook")
-    entries = [(display_name(n), variants["retrievers"][n]) for n in ordered_retrievers(variants["retrievers"])
-               if "stability" in next(iter(variants["retrievers"][n].values()))]  # not the random floor
-    seen = {n for n in variants["retrievers"]}
+    v_typed, a_typed = retrievers(variants), retrievers(ablations)
+    entries = [(display_name(n), v_typed[n]) for n in ordered_retrievers(v_typed)
+               if next(iter(v_typed[n].values())).has_stability]  # not the random floor
+    seen = set(v_typed)
     for p in ablations["points"]:  # the component ablations first (notebook 07 trains them), then the grid
         if p["name"] not in seen:
             label = point_label(p) if p["axis"] == "component" else f"invar, {point_label(p)}"
-            entries.append((label, ablations["retrievers"][p["name"]]))
+            entries.append((label, a_typed[p["name"]]))
             seen.add(p["name"])
     datasets = ordered(entries[0][1])
     palette = sns.color_palette("deep", len(datasets))
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(entries) + 1.6), sharey=True)
     height = 0.8 / len(datasets)
     y = np.arange(len(entries))
-    for ax, (key, title) in zip(axes, [(f"jaccard@{k}", f"Jaccard@{k} of top-{k} sets ↑"),
-                                       (f"has_answer_std@{k}", f"std of hit@{k} across rewrites ↓")]):
+    for ax, (key, title) in zip(axes, [("jaccard", f"Jaccard@{k} of top-{k} sets ↑"),
+                                       ("has_answer_std", f"std of hit@{k} across rewrites ↓")]):
         for j, ds in enumerate(datasets):
-            vals = [e[1][ds]["stability"][key] for e in entries]
-            ax.barh(y + (j - (len(datasets) - 1) / 2) * height, [100 * v["mean"] for v in vals], height,
-                    xerr=[[100 * (v["mean"] - v["low"]) for v in vals], [100 * (v["high"] - v["mean"]) for v in vals]],
+            vals = [e[1][ds].stability(key, k) for e in entries]
+            ax.barh(y + (j - (len(datasets) - 1) / 2) * height, [100 * v.mean for v in vals], height,
+                    xerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
                     color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
         ax.set_title(title + " (%)")
     axes[0].set_yticks(y, [e[0] for e in entries])
@@ -97,16 +98,16 @@ def variance_claim_table(variants: dict, k: int = HEADLINE_K, model: str = "inva
 
     cfg = variants["provenance"]["config"]
     n_boot, seed = cfg["retrieval"]["bootstrap_resamples"], variants["provenance"]["seed"]
-    rows = {}
-    for ds in ordered(variants["retrievers"][model]):
-        a = variants["retrievers"][model][ds]["stability"]["per_question"]
-        b = variants["retrievers"][baseline][ds]["stability"]["per_question"]
+    rows, typed = {}, retrievers(variants)
+    for ds in ordered(typed[model]):
         row = {}
         for key, label in (("has_answer_std", f"hit-std@{k} ↓"), ("jaccard", f"Jaccard@{k} ↑")):
-            ma, mb = sum(a[key]) / len(a[key]), sum(b[key]) / len(b[key])
+            a = typed[model][ds].stability_per_question(key)
+            b = typed[baseline][ds].stability_per_question(key)
+            ma, mb = sum(a) / len(a), sum(b) / len(b)
             row[f"{display_name(model)} {label}"] = round(100 * ma, 1)
             row[f"{baseline} {label}"] = round(100 * mb, 1)
             row[f"Δ {label}"] = round(100 * (ma - mb), 1)
-            row[f"p ({label.split('@')[0]})"] = round(paired_bootstrap_pvalue(a[key], b[key], n_boot, seed), 3)
+            row[f"p ({label.split('@')[0]})"] = round(paired_bootstrap_pvalue(a, b, n_boot, seed), 3)
         rows[DATASET_NAMES.get(ds, ds)] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")

@@ -79,6 +79,20 @@ def paired_pvalue_at_k(result_a: dict, result_b: dict, k: int, n_resamples: int 
                                    n_resamples=n_resamples, seed=seed)
 
 
+def paired_pvalues(results: Mapping[str, Mapping[str, dict]], against: Sequence[str],
+                   ks: Sequence[int], n_resamples: int, seed: int) -> dict:
+    """{f"{name}_vs_{base}/{dataset}": {f"acc@{k}": p}} for every retriever against each base."""
+    out = {}
+    for base in against:
+        for name, by_ds in results.items():
+            if name == base or base not in results:
+                continue
+            for ds, res in by_ds.items():
+                out[f"{name}_vs_{base}/{ds}"] = {
+                    f"acc@{k}": paired_pvalue_at_k(res, results[base][ds], k, n_resamples, seed) for k in ks}
+    return out
+
+
 def random_ranking(candidates: Mapping[str, Sequence[str]], questions: Sequence[dict],
                    passage_text: Mapping[str, str], ks: Sequence[int], n_resamples: int = 1000,
                    seed: int = 0) -> dict:

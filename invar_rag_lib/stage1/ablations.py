@@ -12,7 +12,6 @@ Evaluation always uses the profile's own environments (the original question and
 """
 from __future__ import annotations
 
-import copy
 import math
 import dataclasses
 import time
@@ -20,10 +19,11 @@ from dataclasses import dataclass
 
 from ..config import FULL_LAMBDAS, FULL_REWRITES, Profile
 from ..data import Benchmark
-from .environments import environments
-from .evaluate import paired_pvalues
-from .experiment import Evaluation, Prepared, prepare, train_variant
-from .train import Objective, variant_objectives
+from ..retrieval.harness import paired_pvalues
+from .evaluate import Evaluation
+from .experiment import train_variant
+from .prepare import Prepared, prepare
+from .variants import Objective, variant_objectives
 
 
 @dataclass(frozen=True)
@@ -71,55 +71,70 @@ def with_rewrites(profile: Profile, n_rewrites: int) -> Profile:
 
 
 def prepared_for(profile: Profile, bench: Benchmark, base: Prepared, n_rewrites: int, log=print) -> Prepared:
-    """Training data with R rewrites, from the same loaded model (a shallow copy of the stage)."""
+    """Training data with R rewrites, on the same loaded backbone."""
     if n_rewrites == profile.stage1.n_rewrites:
         return base
-    p = with_rewrites(profile, n_rewrites)
-    stage = copy.copy(base.stage)
-    stage.profile, stage.envs = p, environments(p)
-    return prepare(p, bench, stage=stage, log=log)
+    return prepare(with_rewrites(profile, n_rewrites), bench, backbone=base.backbone, log=log)
+
+
+class AblationRuns:
+    """Notebook 07 step by step: stage 1 prepared once and the evaluation side, then `run(point)`
+    per ablation point (reusing a finished checkpoint of the same config and data), then `summary()`."""
+
+    def __init__(self, profile: Profile, bench: Benchmark, log=print):
+        self.profile, self.bench, self.log = profile, bench, log
+        t0 = time.perf_counter()
+        self.base = prepare(profile, bench, log=log)
+        self.ev = Evaluation(profile, bench, self.base.backbone, log=log)
+        self.timings = {"prepare_s": time.perf_counter() - t0}
+        self.prepared = {profile.stage1.n_rewrites: self.base}
+        self.points = ablation_points(profile)
+        self.retrievers, self.done, self.training, self.cosine = {}, {}, {}, {}
+
+    def run(self, point: Point) -> dict | None:
+        """Train (or reuse) and score one point; None when a point of the same name already ran."""
+        if point.name in self.done:
+            return None
+        t0 = time.perf_counter()
+        if point.n_rewrites not in self.prepared:
+            self.prepared[point.n_rewrites] = prepared_for(self.profile, self.bench, self.base, point.n_rewrites,
+                                                           log=self.log)
+        retriever, record = train_variant(with_rewrites(self.profile, point.n_rewrites), self.bench,
+                                          self.prepared[point.n_rewrites], point.name, point.objective, reuse=True,
+                                          log=self.log)
+        self.timings[f"train_{point.name}_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        self.retrievers[point.name] = self.ev.score_llm(retriever)
+        self.cosine[point.name] = self.ev.passage_cosine()
+        self.timings[f"eval_{point.name}_s"] = round(time.perf_counter() - t0, 1)
+        self.done[point.name] = {"reused_checkpoint": bool(record.get("reused")),
+                                 "final_loss": record["history"][-1]["loss"] if record["history"] else None}
+        self.training[point.name] = record["history"]
+        self.log(f"{point.name}: " + ", ".join(f"{ds} acc@5 {r['metrics']['acc@5']['mean']:.2f}"
+                                               for ds, r in self.retrievers[point.name].items()))
+        return self.retrievers[point.name]
+
+    def summary(self) -> dict:
+        """What notebook 07 saves (`07_ablations/ablations.json`)."""
+        profile, ev, cfg = self.profile, self.ev, self.profile.retrieval
+        retrievers = {**self.retrievers, "minilm": ev.score_coarse("minilm")}
+        return {
+            "mode": ev.mode, "ks": ev.ks,
+            "points": [{"name": p.name, "axis": p.axis, "value": p.value, "n_rewrites": p.n_rewrites,
+                        "objective": dataclasses.asdict(p.objective), **self.done[p.name]} for p in self.points],
+            "not_run": not_run(profile),
+            "retrievers": retrievers,
+            "paired_pvalues": paired_pvalues(retrievers, ["invar"], ev.ks, cfg.bootstrap_resamples, profile.seed),
+            "training": self.training,  # loss history per point (a reused checkpoint keeps its own)
+            "ctr_uniform": math.log(profile.stage1.batch_size * profile.stage1.group_size),
+            "passage_cosine": self.cosine,  # the collapse check of notebook 04, per point
+            "eval_environments": ["original"] + [f"rewrite-{r}" for r in range(1, profile.stage1.n_rewrites + 1)],
+            "timings_s": {k: round(v, 1) for k, v in {**ev.timings, **self.timings}.items()},
+        }
 
 
 def run_ablations(profile: Profile, bench: Benchmark, log=print) -> dict:
-    t0 = time.perf_counter()
-    base = prepare(profile, bench, log=log)
-    ev = Evaluation(profile, bench, base.stage, log=log)
-    timings = {"prepare_s": time.perf_counter() - t0}
-    prepared = {profile.stage1.n_rewrites: base}
-    retrievers, done, points = {}, {}, ablation_points(profile)
-    training, cosine = {}, {}
-    for point in points:
-        if point.name in done:
-            continue
-        t0 = time.perf_counter()
-        if point.n_rewrites not in prepared:
-            prepared[point.n_rewrites] = prepared_for(profile, bench, base, point.n_rewrites, log=log)
-        p_profile = with_rewrites(profile, point.n_rewrites)
-        record = train_variant(p_profile, bench, prepared[point.n_rewrites], point.name, point.objective,
-                               reuse=True, log=log)
-        timings[f"train_{point.name}_s"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        retrievers[point.name] = ev.score_llm(adapter=True)
-        cosine[point.name] = ev.passage_cosine()
-        timings[f"eval_{point.name}_s"] = round(time.perf_counter() - t0, 1)
-        done[point.name] = {"reused_checkpoint": bool(record.get("reused")),
-                            "final_loss": record["history"][-1]["loss"] if record["history"] else None}
-        training[point.name] = record["history"]
-        log(f"{point.name}: " + ", ".join(f"{ds} acc@5 {r['metrics']['acc@5']['mean']:.2f}"
-                                          for ds, r in retrievers[point.name].items()))
-    base.stage.reset_adapter()
-    retrievers["minilm"] = ev.score_coarse("minilm")
-    cfg = profile.retrieval
-    return {
-        "mode": ev.mode, "ks": ev.ks,
-        "points": [{"name": p.name, "axis": p.axis, "value": p.value, "n_rewrites": p.n_rewrites,
-                    "objective": dataclasses.asdict(p.objective), **done[p.name]} for p in points],
-        "not_run": not_run(profile),
-        "retrievers": retrievers,
-        "paired_pvalues": paired_pvalues(retrievers, ["invar"], ev.ks, cfg.bootstrap_resamples, profile.seed),
-        "training": training,  # loss history per point (a reused checkpoint keeps its own)
-        "ctr_uniform": math.log(profile.stage1.batch_size * profile.stage1.group_size),
-        "passage_cosine": cosine,  # the collapse check of notebook 04, per point
-        "eval_environments": ["original"] + [f"rewrite-{r}" for r in range(1, profile.stage1.n_rewrites + 1)],
-        "timings_s": {k: round(v, 1) for k, v in {**ev.timings, **timings}.items()},
-    }
+    runs = AblationRuns(profile, bench, log=log)
+    for point in runs.points:
+        runs.run(point)
+    return runs.summary()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..baselines import CoarseRetrievers
+from ..retrieval.coarse import CoarseStage
 from ..config import Profile
 from ..data import TRAIN_SOURCES, Benchmark
 from ..metrics import dpr_tokens, has_answer_in_tokens
@@ -56,10 +56,10 @@ def training_split(profile: Profile, bench: Benchmark) -> tuple[list[dict], list
 
 def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> list[Group]:
     s1 = profile.stage1
-    coarse = CoarseRetrievers(profile, bench, log=log)
+    coarse = CoarseStage(profile, bench, log=log)
     text, corpus_emb = coarse.text, coarse.corpus_emb
     row_of = {pid: i for i, pid in enumerate(coarse.ids)}
-    q_emb = coarse.cache.get_or_encode([q["question"] for q in questions], coarse.encoder.encode, log=log)
+    q_emb = coarse.encode_queries([q["question"] for q in questions])
     ranked, _ = coarse.dense.search_embeddings(q_emb, s1.coarse_candidates)
 
     tokens_of: dict[str, list[str]] = {}  # each passage is tokenised once, not once per question

@@ -1,4 +1,4 @@
-"""Backbones: the tiny in-code Llama + BPE, the SmolLM2 GGUF cache, and load_backbone.
+"""Backbones: the tiny in-code Llama + BPE, the SmolLM2 GGUF cache, and load_model.
 
 All tests but the last run in a few seconds; the last converts the real SmolLM2 GGUF (~20-40 s).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from invar_rag_lib.llm import backbone as B
+from invar_rag_lib.llm import weights as B
 
 TEXTS = ["What is the capital of France?", "  leading spaces,\ttabs\nand newlines  ",
          "Ünïcødé ✓ 東京 — “quotes”", ""]
@@ -54,7 +54,7 @@ def test_tiny_tokenizer_deterministic_within_and_across_processes():
     first = _tokenizer_fingerprint()
     B._tiny_tokenizer_json.cache_clear()  # retrain, not just reuse the memoised result
     assert _tokenizer_fingerprint() == first
-    code = "import tests.test_backbone as t; print(t._tokenizer_fingerprint())"
+    code = "import tests.test_weights as t; print(t._tokenizer_fingerprint())"
     env = {**os.environ, "PYTHONHASHSEED": "12345", "RAYON_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parent.parent, check=True)
@@ -77,7 +77,7 @@ def test_tiny_llama_seeded_and_leaves_global_rng_alone():
 
 
 def test_tiny_llama_forward_with_tokenizer_ids():
-    model, tok = B.load_backbone("tiny-random")
+    model, tok = B.load_model("tiny-random")
     batch = tok(TEXTS[:3], padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
@@ -85,11 +85,11 @@ def test_tiny_llama_forward_with_tokenizer_ids():
     assert torch.isfinite(logits).all()
 
 
-# ----------------------------------------------------------------------------- load_backbone
+# ----------------------------------------------------------------------------- load_model
 def test_load_backbone_unknown_name_lists_valid_names(tmp_path):
     for bad in ["gpt-5", str(tmp_path / "missing")]:
         with pytest.raises(ValueError, match="tiny-random.*smollm2-135m"):
-            B.load_backbone(bad)
+            B.load_model(bad)
 
 
 def test_load_backbone_local_dir_matches_and_gets_pad_token(tmp_path):
@@ -98,7 +98,7 @@ def test_load_backbone_local_dir_matches_and_gets_pad_token(tmp_path):
     tok.pad_token = None
     tok.save_pretrained(tmp_path)
     assert {p.suffix for p in tmp_path.iterdir()} >= {".safetensors"}
-    loaded, ltok = B.load_backbone(str(tmp_path))
+    loaded, ltok = B.load_model(str(tmp_path))
     assert ltok.pad_token == ltok.eos_token == "</s>"
     assert loaded.dtype == torch.float32 and not loaded.training
     assert loaded.config._attn_implementation == "eager"
@@ -199,7 +199,7 @@ def test_smollm2_gguf_conversion_end_to_end(tmp_path):
     d = B.ensure_smollm2_fp32(tmp_path)
     assert "quantization_config" not in json.loads((d / "config.json").read_text())
     assert json.loads((d / B.MARKER).read_text())["gguf"]["sha256"] == B.sha256_file(gguf)
-    model, tok = B.load_backbone(str(d))
+    model, tok = B.load_model(str(d))
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert (model.config.num_hidden_layers, model.config.hidden_size) == (30, 576)
     assert getattr(model.config, "quantization_config", None) is None

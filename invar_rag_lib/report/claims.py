@@ -15,14 +15,15 @@ The verdict rule, stated once (`verdict`):
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .metrics import bootstrap_ci, paired_bootstrap_pvalue
-from .retrieval.harness import hits_at_k
-from .report.names import DATASET_NAMES, HEADLINE_K, ordered
+from ..metrics import bootstrap_ci, paired_bootstrap_pvalue
+from ..results import generation, retrievers
+from .names import DATASET_NAMES, HEADLINE_K, ordered
 
 ALPHA = 0.05
 Z_POWER = 1.959964 + 0.841621  # two-sided 5% test, 80% power
@@ -59,64 +60,86 @@ def verdict(tests: dict[str, dict]) -> str:
     return VERDICTS[2]
 
 
-def _retrieval_scores(metric: str) -> Callable[[dict], list[float]]:
-    kind, k = metric.split("@")
-    if kind == "acc":
-        return lambda res: hits_at_k(res, int(k))
-    key = {"jaccard": "jaccard", "hit-std": "has_answer_std"}[kind]
-    return lambda res: res["stability"]["per_question"][key]
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper as a paired test: `a` against `b` on `score` ("acc@k", "jaccard@k",
+    "hit-std@k" for retrievers; "em" for generation rows), read from the results of `source`
+    ("variants": notebook 04, "ablations": 07, "generation": 06); Δ > 0 is the paper's direction."""
+    claim: str
+    test: str
+    source: str
+    a: str
+    b: str
+    score: str
+    higher_is_better: bool = True
+
+    def scores(self, result) -> list[float]:
+        """Per-question scores of one typed result (`results.RetrievalResult` / `GenerationResult`)."""
+        kind, _, k = self.score.partition("@")
+        if kind == "acc":
+            return result.hits(int(k))
+        if kind in ("jaccard", "hit-std"):
+            return result.stability_per_question({"jaccard": "jaccard", "hit-std": "has_answer_std"}[kind])
+        return result.per_question(self.score)
+
+    def tests(self, sources: dict, n_resamples: int, seed: int) -> dict[str, dict]:
+        """dataset -> `paired_test`; empty when either side was not run."""
+        by_name = sources.get(self.source, {})
+        if self.a not in by_name or self.b not in by_name:
+            return {}
+        return {ds: paired_test(self.scores(by_name[self.a][ds]), self.scores(by_name[self.b][ds]),
+                                self.higher_is_better, n_resamples, seed) for ds in ordered(by_name[self.a])}
 
 
-def _claims(variants: dict, generation: dict, ablations: dict) -> list[dict]:
-    """(claim, comparison, per-dataset results of A and B, score function, direction)."""
-    ret, gen = variants["retrievers"], generation["rows"]
-    rows = [
-        ("the trained LLM retriever learns (beyond the paper: its floor)", "invar vs random, acc@5",
-         ret, "invar", "random", _retrieval_scores("acc@5"), True),
-        ("the LLM retriever beats sparse retrieval", "invar vs bm25, acc@5",
-         ret, "invar", "bm25", _retrieval_scores("acc@5"), True),
-        ("the LLM retriever beats dense retrieval", "invar vs minilm, acc@5",
-         ret, "invar", "minilm", _retrieval_scores("acc@5"), True),
-        ("the LLM retriever beats dense retrieval", "invar vs minilm, acc@20",
-         ret, "invar", "minilm", _retrieval_scores("acc@20"), True),
-        ("the invariance loss makes retrieval less variable across rewrites", "invar vs llm-ctr, Jaccard@5 ↑",
-         ret, "invar", "llm-ctr", _retrieval_scores(f"jaccard@{HEADLINE_K}"), True),
-        ("the invariance loss makes retrieval less variable across rewrites", "invar vs llm-ctr, std of hit@5 ↓",
-         ret, "invar", "llm-ctr", _retrieval_scores("hit-std@5"), False),
-        ("alignment (α) adds to retrieval", "invar vs invar−align, acc@5",
-         ablations["retrievers"], "invar", "invar-align", _retrieval_scores("acc@5"), True),
-        ("invariance (λ) adds to retrieval", "invar vs invar−inv, acc@5",
-         ablations["retrievers"], "invar", "invar-inv", _retrieval_scores("acc@5"), True),
+def paper_claims(ablations: dict) -> list[Claim]:
+    """Every claim the study tests, in table order (the R claim needs two R points)."""
+    claims = [
+        Claim("the trained LLM retriever learns (beyond the paper: its floor)", "invar vs random, acc@5",
+              "variants", "invar", "random", "acc@5"),
+        Claim("the LLM retriever beats sparse retrieval", "invar vs bm25, acc@5", "variants", "invar", "bm25", "acc@5"),
+        Claim("the LLM retriever beats dense retrieval", "invar vs minilm, acc@5", "variants", "invar", "minilm",
+              "acc@5"),
+        Claim("the LLM retriever beats dense retrieval", "invar vs minilm, acc@20", "variants", "invar", "minilm",
+              "acc@20"),
+        Claim("the invariance loss makes retrieval less variable across rewrites", "invar vs llm-ctr, Jaccard@5 ↑",
+              "variants", "invar", "llm-ctr", f"jaccard@{HEADLINE_K}"),
+        Claim("the invariance loss makes retrieval less variable across rewrites", "invar vs llm-ctr, std of hit@5 ↓",
+              "variants", "invar", "llm-ctr", "hit-std@5", higher_is_better=False),
+        Claim("alignment (α) adds to retrieval", "invar vs invar−align, acc@5", "ablations", "invar", "invar-align",
+              "acc@5"),
+        Claim("invariance (λ) adds to retrieval", "invar vs invar−inv, acc@5", "ablations", "invar", "invar-inv",
+              "acc@5"),
     ]
     r_points = sorted((p["value"], p["name"]) for p in ablations["points"] if p["axis"] == "rewrites")
     if len(r_points) >= 2:
         (r_lo, lo), (r_hi, hi) = r_points[0], r_points[-1]
-        rows.append(("more query rewrites (R) help", f"R = {r_hi} vs R = {r_lo}, acc@5",
-                     ablations["retrievers"], hi, lo, _retrieval_scores("acc@5"), True))
+        claims.append(Claim("more query rewrites (R) help", f"R = {r_hi} vs R = {r_lo}, acc@5", "ablations", hi, lo,
+                            "acc@5"))
     else:
-        rows.append(("more query rewrites (R) help", "R sweep", {}, "", "", None, True))
-    em = lambda res: res["per_question"]["em"]  # noqa: E731
-    rows += [
-        ("Invar-RAG answers better than RAG with a standard retriever", "invar-rag vs minilm-rag, EM",
-         gen, "invar-rag", "minilm-rag", em, True),
-        ("the generation-stage fine-tuning helps", "invar-rag vs invar-retrieval, EM",
-         gen, "invar-rag", "invar-retrieval", em, True),
-        ("retrieval helps a small LM answer (RAG's premise)", "minilm-rag vs closed-book, EM",
-         gen, "minilm-rag", "closed-book", em, True),
+        claims.append(Claim("more query rewrites (R) help", "R sweep", "ablations", "", "", "acc@5"))
+    better = "Invar-RAG answers better than RAG with a standard retriever"
+    tuned = "the generation-stage fine-tuning helps"
+    claims += [
+        Claim(better, "invar-rag vs minilm-rag, EM", "generation", "invar-rag", "minilm-rag", "em"),
+        Claim(better, "invar-rag vs minilm-rag + generator, EM", "generation", "invar-rag", "minilm-rag+generator", "em"),
+        Claim(tuned, "invar-rag vs invar-retrieval, EM", "generation", "invar-rag", "invar-retrieval", "em"),
+        Claim(tuned, "minilm-rag + generator vs minilm-rag, EM", "generation", "minilm-rag+generator", "minilm-rag",
+              "em"),
+        Claim("retrieval helps a small LM answer (RAG's premise)", "minilm-rag vs closed-book, EM", "generation",
+              "minilm-rag", "closed-book", "em"),
     ]
-    return rows
+    return claims
 
 
-def claims_table(variants: dict, generation: dict, ablations: dict) -> pd.DataFrame:
+def claims_table(variants: dict, generation_results: dict, ablations: dict) -> pd.DataFrame:
     cfg = variants["provenance"]["config"]
     n_res, seed = cfg["retrieval"]["bootstrap_resamples"], cfg["seed"]
+    sources = {"variants": retrievers(variants), "ablations": retrievers(ablations),
+               "generation": generation(generation_results)}
     out = []
-    for claim, test, source, a, b, score, higher in _claims(variants, generation, ablations):
-        tests = {}
-        if a in source and b in source:
-            for ds in ordered(source[a]):
-                tests[ds] = paired_test(score(source[a][ds]), score(source[b][ds]), higher, n_res, seed)
-        row = {"claim (paper)": claim, "test": test}
+    for c in paper_claims(ablations):
+        tests = c.tests(sources, n_res, seed)
+        row = {"claim (paper)": c.claim, "test": c.test}
         for ds in ("nq", "triviaqa", "popqa"):
             t = tests.get(ds)
             row[DATASET_NAMES[ds]] = "—" if t is None else (
@@ -128,19 +151,19 @@ def claims_table(variants: dict, generation: dict, ablations: dict) -> pd.DataFr
     return pd.DataFrame(out).set_index("claim (paper)")
 
 
-def summary_table(benchmark: dict, variants: dict, generation: dict, ablations: dict) -> pd.DataFrame:
+def summary_table(benchmark: dict, variants: dict, generation_results: dict, ablations: dict) -> pd.DataFrame:
     """Five lines for the top of the README, written from the results: the corpus ceiling, whether
     the LLM retriever learns, how it compares with MiniLM, the invariance claim and the end-to-end
     claim, each with its verdict from `claims_table`."""
     ev = benchmark["counts"]["eval"]
-    table = claims_table(variants, generation, ablations)
-    ret, gen = variants["retrievers"], generation["rows"]
+    table = claims_table(variants, generation_results, ablations)
+    ret, gen = retrievers(variants), generation(generation_results)
 
     def acc(name: str, k: int = HEADLINE_K) -> str:
-        return " / ".join(f"{100 * ret[name][ds]['metrics'][f'acc@{k}']['mean']:.0f}" for ds in ordered(ret[name]))
+        return " / ".join(f"{100 * ret[name][ds].acc(k).mean:.0f}" for ds in ordered(ret[name]))
 
     def em(row: str) -> str:
-        return " / ".join(f"{100 * gen[row][ds]['metrics']['em']['mean']:.0f}" for ds in ordered(gen[row]))
+        return " / ".join(f"{100 * gen[row][ds].metric('em').mean:.0f}" for ds in ordered(gen[row]))
 
     def verdicts(test_prefix: str) -> str:
         found = [v for t, v in zip(table["test"], table["verdict"]) if t.startswith(test_prefix)]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..results import generation, retrievers
 from .claims import fmt_p
-from .report.names import DATASET_NAMES, display_name, ordered
+from .names import DATASET_NAMES, display_name, ordered
 
 _SUMMARIES: dict[str, Callable] = {}
 
@@ -60,7 +61,7 @@ def _s00(reports) -> str:
 @_summary("01")
 def _s01(reports) -> str:
     r = reports.read_results("01_baselines/retrieval")
-    acc = {name: {ds: by[ds]["metrics"]["acc@5"]["mean"] for ds in by} for name, by in r["retrievers"].items()}
+    acc = {name: {ds: res.acc(5).mean for ds, res in by.items()} for name, by in retrievers(r).items()}
     cov = r.get("answer_coverage", {})
     lines = [f"- Over the whole corpus, acc@5 ({_names(acc['bm25'])}) is {_per_dataset(acc['bm25'])}% for BM25 and "
              f"{_per_dataset(acc['minilm'])}% for MiniLM" + (f", against a ceiling of {_per_dataset(cov)}%." if cov else ".")]
@@ -123,9 +124,9 @@ def _floor_lines(acc: dict, pv: dict, trained: list[str], datasets: list[str], w
 @_summary("04")
 def _s04(reports) -> str:
     r = reports.read_results("04_retriever/retrieval")
-    ret, pv, n_res = r["retrievers"], r["paired_pvalues"], _resamples(r)
+    ret, pv, n_res = retrievers(r), r["paired_pvalues"], _resamples(r)
     datasets = ordered(ret["invar"]) if "invar" in ret else ordered(next(iter(ret.values())))
-    acc = {name: {ds: ret[name][ds]["metrics"]["acc@5"]["mean"] for ds in datasets} for name in ret}
+    acc = {name: {ds: ret[name][ds].acc(5).mean for ds in datasets} for name in ret}
     trained = [n for n in r.get("objectives", {}) if n != "llm-zero" and n in ret]
     lines = [f"- acc@5 ({_names(datasets)}, {r['mode']}): "
              + "; ".join(f"{display_name(n)} {_per_dataset(acc[n])}" for n in
@@ -158,15 +159,15 @@ def _s05(reports) -> str:
 @_summary("06")
 def _s06(reports) -> str:
     r = reports.read_results("06_generation/generation")
-    rows, n_res = r["rows"], _resamples(r)
+    rows, n_res = generation(r), _resamples(r)
     datasets = ordered(next(iter(rows.values())))
-    em = {row: {ds: rows[row][ds]["metrics"]["em"]["mean"] for ds in datasets} for row in rows}
+    em = {row: {ds: rows[row][ds].metric("em").mean for ds in datasets} for row in rows}
     lines = ["- EM (" + _names(datasets) + "): " + "; ".join(f"{row} {_per_dataset(em[row])}" for row in rows) + "."]
     if "invar-rag" in rows and "minilm-rag" in rows:
         ps = {ds: (r["paired_pvalues"].get(f"invar-rag_vs_minilm-rag/{ds}") or {}).get("em") for ds in datasets}
         lines.append(_versus("`invar-rag` against `minilm-rag`, EM", em["invar-rag"], em["minilm-rag"], ps, n_res))
-    window = {row: {ds: rows[row][ds]["metrics"]["window_hit"]["mean"] for ds in datasets}
-              for row in rows if "window_hit" in rows[row][datasets[0]]["metrics"] and row != "closed-book"}
+    window = {row: {ds: rows[row][ds].metric("window_hit").mean for ds in datasets}
+              for row in rows if rows[row][datasets[0]].has("window_hit") and row != "closed-book"}
     if window:
         lines.append("- The generator could read an answer in its shown windows for "
                      + "; ".join(f"{row} {_per_dataset(w)}%" for row, w in window.items())
@@ -183,9 +184,9 @@ def _s07(reports) -> str:
     variants, ablations = reports.read_results("04_retriever/retrieval"), reports.read_results("07_ablations/ablations")
     table = claims_table(variants, reports.read_results("06_generation/generation"), ablations)
     floors = ablation_floors(variants, ablations)
-    ret = floors["retrievers"]
+    ret = retrievers(floors)
     datasets = ordered(ret["random"])
-    acc = {name: {ds: ret[name][ds]["metrics"]["acc@5"]["mean"] for ds in datasets} for name in ret}
+    acc = {name: {ds: ret[name][ds].acc(5).mean for ds in datasets} for name in ret}
     counts = table["verdict"].value_counts().to_dict()
     lines = _floor_lines(acc, floors["paired_pvalues"], [n for n in ret if n not in ("random", "llm-zero")],
                          datasets, "ablation points trained here")

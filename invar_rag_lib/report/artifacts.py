@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from . import claims
-from .report import ablations, corpus, generation, names, retrieval, stability
-from .io_utils import atomic_write_text
-from .paths import repo_root
-from .reporting import Reports, fmt_ci
+from . import ablations, claims, corpus, generation, names, retrieval, stability
+from ..io_utils import atomic_write_text
+from ..paths import repo_root
+from ..results import retrievers
+from .writer import Reports, fmt_ci
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,24 @@ def _ks(r: dict) -> tuple[int, ...]:
     return tuple(r["provenance"]["config"]["retrieval"]["ks"])
 
 
+def _resamples(r: dict) -> int:
+    return r["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
+
+
+def _p_caption(r: dict, what: str) -> str:
+    n = _resamples(r)
+    return (f"Paired bootstrap p-values (two-sided, {n:,} resamples; < {2 / n:g} = below the bootstrap's "
+            f"resolution) {what}")
+
+
 def _p_vs_ctr(r: dict) -> pd.DataFrame:
-    rows = {f"{names.display_name(n)} / {ds}": r["paired_pvalues"][f"{n}_vs_llm-ctr/{ds}"]
+    n_res = _resamples(r)
+    rows = {f"{names.display_name(n)} / {ds}": {k: claims.fmt_p(p, n_res)
+                                                 for k, p in r["paired_pvalues"][f"{n}_vs_llm-ctr/{ds}"].items()}
             for n in names.ordered_retrievers(r["retrievers"]) if n != "llm-ctr"
             for ds in names.ordered(r["retrievers"][n])}
     df = pd.DataFrame(rows).T
-    return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].round(3).rename_axis("retriever / dataset")
+    return df[sorted(df.columns, key=lambda c: int(c.split("@")[1]))].rename_axis("retriever / dataset")
 
 
 def _floors(r: dict, k: int = names.HEADLINE_K) -> pd.DataFrame:
@@ -56,22 +68,21 @@ def _floors(r: dict, k: int = names.HEADLINE_K) -> pd.DataFrame:
         p = r["paired_pvalues"].get(f"{name}_vs_{base}/{ds}", {}).get(f"acc@{k}")
         return "—" if p is None else claims.fmt_p(p, n_res)
 
-    rows = {}
-    for n in names.ordered_retrievers(r["retrievers"]):
+    rows, typed = {}, retrievers(r)
+    for n in names.ordered_retrievers(typed):
         if n in ("bm25", "minilm", "random"):
             continue
         cells = {}
-        for ds in names.ordered(r["retrievers"][n]):
+        for ds in names.ordered(typed[n]):
             name = names.DATASET_NAMES.get(ds, ds)
-            cells[f"{name} acc@{k}"] = f"{100 * r['retrievers'][n][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
+            cells[f"{name} acc@{k}"] = f"{100 * typed[n][ds].acc(k).mean:.1f}"
             cells[f"{name} p vs random"] = p_of(n, "random", ds)
             cells[f"{name} p vs llm-zero"] = "—" if n == "llm-zero" else p_of(n, "llm-zero", ds)
         cosine = r.get("passage_cosine", {}).get(n)
         cells["mean cos(d, d')"] = "—" if cosine is None else f"{cosine:.3f}"
         rows[names.display_name(n)] = cells
-    random_row = {f"{names.DATASET_NAMES.get(ds, ds)} acc@{k}":
-                  f"{100 * r['retrievers']['random'][ds]['metrics'][f'acc@{k}']['mean']:.1f}"
-                  for ds in names.ordered(r["retrievers"]["random"])}
+    random_row = {f"{names.DATASET_NAMES.get(ds, ds)} acc@{k}": f"{100 * typed['random'][ds].acc(k).mean:.1f}"
+                  for ds in names.ordered(typed["random"])}
     df = pd.DataFrame({"random (expected)": random_row, **rows}).T.fillna("—")
     columns = [c for ds in names.ordered(r["retrievers"]["random"]) for c in df.columns
                if c.startswith(names.DATASET_NAMES.get(ds, ds) + " ")] + ["mean cos(d, d')"]
@@ -82,7 +93,7 @@ def ablation_floors(v: dict, a: dict) -> dict:
     """Notebook 07's trained points beside notebook 04's floors (the random rerank and llm-zero, on
     the same questions and candidates), as a results dict `_floors` reads: paired p-values computed
     here, with the seed and resamples of the run."""
-    from .stage1.evaluate import paired_pvalues
+    from ..retrieval.harness import paired_pvalues
 
     points = [n for n in dict.fromkeys(p["name"] for p in a["points"]) if n not in v["retrievers"]]
     ret = {"random": v["retrievers"]["random"], "llm-zero": v["retrievers"]["llm-zero"],
@@ -152,10 +163,10 @@ ARTIFACTS: tuple[Artifact, ...] = (
                 f"{DAGGER.format('minilm')}"),
     A("04_pvalues_vs_llm_ctr", "table", ("04_retriever/retrieval",), _p_vs_ctr,
       "Paired bootstrap p-values of every retriever against llm-ctr (does the invariance objective add anything?).",
-      lambda r: "Paired bootstrap p-values against llm-ctr"),
+      lambda r: _p_caption(r, "of acc@k, every retriever against llm-ctr")),
     A("04_floors", "table", ("04_retriever/retrieval",), _floors,
       "Each LLM variant against its floors: the exact expected acc@5 of a random rerank of the same candidates and the untrained llm-zero (paired bootstrap p-values), and the mean pairwise cosine of passage representations (near 1 = collapse).",
-      lambda r: f"LLM retrievers against their floors, acc@5 (%), {_profile(r)} profile, {r['mode']}, pooling {r.get('pooling', 'eos')}"),
+      lambda r: f"LLM retrievers against their floors, acc@5 (%), {_profile(r)} profile, {r['mode']}, pooling {r['pooling']}"),
     A("04_stability", "table", ("04_retriever/retrieval",), lambda r: stability.stability_table(r, k=names.HEADLINE_K),
       "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
       lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
@@ -168,7 +179,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("05_generator_training", "table", ("05_generator/training",), generation.generator_training_table,
       "What the generator adapter was trained on and how far its loss fell.",
       lambda r: f"Generator training ({_profile(r)} profile)"),
-    A("05-generator-loss", "figure", ("05_generator/training",), generation.generator_loss,
+    A("05-generator-loss", "figure", ("05_generator/training",), generation.generator_loss_curve,
       "The generator's cross-entropy on answer tokens per step."),
     A("06_generation", "table", ("06_generation/generation",), generation.generation_table,
       "The main end-to-end table: EM, F1 and PopQA-style acc per row and dataset, with 95% intervals († = differs from minilm-rag, p < 0.05).",
@@ -192,7 +203,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("07_floors", "table", ("04_retriever/retrieval", "07_ablations/ablations"),
       lambda v, a: _floors(ablation_floors(v, a)),
       "The ablation points trained in notebook 07 against notebook 04's floors: the random rerank and the untrained llm-zero on the same candidates (paired bootstrap p-values), and the collapse check.",
-      lambda v, a: f"Ablation points against their floors, acc@5 (%), {_profile(v)} profile, {v['mode']}, pooling {v.get('pooling', 'eos')}"),
+      lambda v, a: f"Ablation points against their floors, acc@5 (%), {_profile(v)} profile, {v['mode']}, pooling {v['pooling']}"),
     A("07-loss-curves", "figure", ("07_ablations/ablations",),
       lambda a: retrieval.loss_curves({**a, "training": {p["name"]: a["training"][p["name"]] for p in a["points"]
                                                           if p["name"] != "invar" and a.get("training", {}).get(p["name"])}}),

@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .config import Profile
-from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .paths import repo_root, reports_dir, shown
+from ..config import Profile
+from ..io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..paths import repo_root, reports_dir, shown
 
 PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "faiss-cpu", "bm25s",
             "datasets", "numpy")
