@@ -76,27 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_retriever(args) -> None:
     from .data import load_benchmark
-    from .llm.backbone import RETRIEVER
     from .paths import data_dir
-    from .stage1.experiment import data_key
+    from .stage1.experiment import train_variant
     from .stage1.prepare import prepare
-    from .stage1.train import train_retriever
     from .stage1.variants import variant_objectives
 
     profile = load_profile(args.profile)
     objectives = variant_objectives(profile)
     if args.variant not in objectives:
         raise ValueError(f"unknown variant {args.variant!r}; valid variants are {sorted(objectives)}")
-    objective = objectives[args.variant]
     bench = load_benchmark(profile.name)
     prepared = prepare(profile, bench)
     out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
-    prepared.backbone.reset_adapter(RETRIEVER)
-    # The same data key and projection as the notebooks' (variants with α > 0 read h(x) through the
-    # ridge map), so this is notebook 04's model and notebooks 05 and 07 can reuse the checkpoint.
-    result = train_retriever(prepared.backbone, prepared.main, objective, profile, out, resume=args.resume,
-                             data_key=data_key(bench, prepared), env_data=prepared.data,
-                             projection=prepared.projection if objective.alpha else None)
+    # The notebooks' own function: the same data key and projection (variants with α > 0 read h(x)
+    # through the ridge map), so this is notebook 04's model and notebooks 05 and 07 can reuse it.
+    _, result = train_variant(profile, bench, prepared, args.variant, objectives[args.variant], resume=args.resume,
+                              out_dir=out)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
           f"checkpoint {out}/checkpoint-latest")

@@ -8,6 +8,7 @@ profile file still states every value it relies on.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,11 @@ class GeneratorConfig:
     layers below are its frozen trunk, cached once per training sequence in their own store. The
     prompt is `instruction` + `n_shot` demonstrations + the top-`k` passages (each cut to
     `passage_tokens` tokens) + the question; the demonstrations come first, so one key/value cache
-    of that shared prefix serves every prompt.
+    of that shared prefix serves every prompt, in decoding and in training.
+
+    Its questions are stage 1's: it trains on the first `train_questions` of the retriever's training
+    questions (sources in turn) and is validated on the first `val_questions` of the held-out ones
+    (`splits.py`), never on an evaluation question or a demonstration.
     """
     retriever_variant: str = "invar"  # whose top-k passages the generator reads (frozen)
     k: int = 3
@@ -144,13 +149,23 @@ class GeneratorConfig:
     demo_template: str = "Question: {q}\nAnswer: {a}\n\n"
     passage_template: str = "Passage: {passage}\n"  # {passage} = "{title}. {text}", or the text if untitled
     question_template: str = "Question: {q}\nAnswer:"
-    train_sources: tuple[str, ...] = ("tqa_dev", "nq_gold")  # WikiQA answers are sentences
     demo_sources: tuple[str, ...] = ("nq_gold",)  # NQ answers are canonical; TriviaQA lists aliases in any order
-    # "first": the first gold answer (docs/method.md); "in_context": the first gold answer that the given
-    # passages contain (DPR has_answer), else the first. TriviaQA's first alias is arbitrary
-    # ('Yellowest' for the colour of a JCB digger), so the cpu profile grounds the target.
+    # "first": the first gold answer (docs/method.md); "in_context": the first gold answer that the shown
+    # windows contain (DPR has_answer), else the first the whole passages contain, else the shortest.
+    # TriviaQA's first alias is arbitrary ('Yellowest' for the colour of a JCB digger, "I'm not a crook"
+    # for Nixon), so the cpu profile grounds the target (stage2/prompts.py:target_answer).
     target_answer: str = "in_context"
+    # The prompt the adapter trains and answers with: "same" (the base rows' prompt: instruction +
+    # n_shot demonstrations) or "zero_shot" (the instruction alone; a trained reader needs no demos).
+    adapter_prompt: str = "same"
+    # Which training examples it sees: "retrieved" (the frozen retriever's top k as they are, with or
+    # without an answer in the shown windows), "answer_only" (only examples whose shown windows hold
+    # an answer) or "oracle" (RAFT-like: an example without one gets an answer-bearing passage of the
+    # corpus in place of its k-th, so every example can be read off its context).
+    context_mix: str = "retrieved"
     train_questions: int = 300
+    val_questions: int = 200  # held-out training questions (stage 1's validation split): EM before/after
+    diagnostic_questions: int = 100  # training questions decoded before/after training (train EM)
     epochs: int = 2
     batch_size: int = 8
     lr: float = 5e-4
@@ -260,8 +275,52 @@ def profile_from_dict(values: Mapping[str, Any], where: str = "profile") -> Prof
     return profile
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Folders of the checkout that a profile's reports may never be written into (or over).
+_PROTECTED = ("data", "invar_rag_lib", "notebooks", "tests", "docs", "benchmarks", ".git", ".ci", ".venv")
+
+
+def _validate_paths(p: Profile, where: str) -> None:
+    """A profile's name and reports folder decide where files are written and deleted: refuse
+    what would land on the checkout itself."""
+    from .paths import repo_root
+
+    if not _NAME.fullmatch(p.name) or p.name in (".", ".."):
+        raise ConfigError(f"{where}.name must be a plain folder name (letters, digits, _ . -), got {p.name!r}: "
+                          "it names data/processed/<name>/ and the profile's caches")
+    if not p.reports_dir.strip():
+        raise ConfigError(f"{where}.reports_dir must not be empty (e.g. 'build/{p.name}/reports')")
+    root = repo_root().resolve()
+    raw = Path(p.reports_dir)
+    target = (raw if raw.is_absolute() else root / raw).resolve()
+    if not raw.is_absolute() and root not in (target, *target.parents):
+        raise ConfigError(f"{where}.reports_dir {p.reports_dir!r} leaves the checkout; use a folder inside it "
+                          "(or an absolute path)")
+    if target == root or target in root.parents:
+        raise ConfigError(f"{where}.reports_dir {p.reports_dir!r} is the checkout itself (or above it): report "
+                          "would overwrite its README.md; use e.g. 'reports' or 'build/<name>/reports'")
+    for name in _PROTECTED:
+        top = root / name
+        if target == top or top in target.parents:
+            raise ConfigError(f"{where}.reports_dir {p.reports_dir!r} lies inside the checkout's {name}/, which "
+                              "reports must never write into; use e.g. 'reports' or 'build/<name>/reports'")
+
+
 def _validate(p: Profile, where: str) -> None:
+    _validate_paths(p, where)
     d = p.data
+    if not d.eval_datasets:
+        raise ConfigError(f"{where}.data.eval_datasets must name at least one of ['nq', 'triviaqa', 'popqa']")
+    if not p.retrieval.ks:
+        raise ConfigError(f"{where}.retrieval.ks must list at least one k")
+    s1, g = p.stage1, p.generator
+    for section, cfg in (("stage1", s1), ("generator", g)):
+        if cfg.max_grad_norm <= 0:
+            raise ConfigError(f"{where}.{section}.max_grad_norm must be > 0 (gradient clipping), got {cfg.max_grad_norm}")
+        if cfg.warmup_steps < 0 or cfg.weight_decay < 0:
+            raise ConfigError(f"{where}.{section}: warmup_steps and weight_decay must be >= 0")
+    if s1.alpha < 0 or s1.lam < 0 or s1.gamma < 0:
+        raise ConfigError(f"{where}.stage1: alpha, lam and gamma weigh loss terms and must be >= 0")
     known = ("nq", "triviaqa", "popqa")
     bad = [x for x in d.eval_datasets if x not in known]
     if bad:
@@ -295,10 +354,18 @@ def _validate(p: Profile, where: str) -> None:
     g = p.generator
     if g.k < 0 or g.n_shot < 0 or g.passage_tokens < 1 or g.max_new_tokens < 1:
         raise ConfigError(f"{where}.generator: k and n_shot must be >= 0, passage_tokens and max_new_tokens >= 1")
-    for key in ("train_sources", "demo_sources"):
-        bad = [s for s in getattr(g, key) if s not in ("tqa_dev", "nq_gold", "wikiqa")]
-        if bad or not getattr(g, key):
-            raise ConfigError(f"{where}.generator.{key}: unknown {bad}; valid are ['tqa_dev', 'nq_gold', 'wikiqa']")
+    bad = [s for s in g.demo_sources if s not in ("tqa_dev", "nq_gold", "wikiqa")]
+    if bad or not g.demo_sources:
+        raise ConfigError(f"{where}.generator.demo_sources: unknown {bad}; valid are ['tqa_dev', 'nq_gold', 'wikiqa']")
+    if g.adapter_prompt not in ("same", "zero_shot"):
+        raise ConfigError(f"{where}.generator.adapter_prompt must be 'same' or 'zero_shot', got {g.adapter_prompt!r}")
+    if g.context_mix not in ("retrieved", "answer_only", "oracle"):
+        raise ConfigError(f"{where}.generator.context_mix must be 'retrieved', 'answer_only' or 'oracle', "
+                          f"got {g.context_mix!r}")
+    if not g.instruction.strip():
+        raise ConfigError(f"{where}.generator.instruction must not be empty (it is the shared prompt prefix)")
+    if g.val_questions < 0 or g.diagnostic_questions < 0:
+        raise ConfigError(f"{where}.generator: val_questions and diagnostic_questions must be >= 0")
     if g.decode_attention not in ("eager", "sdpa"):
         raise ConfigError(f"{where}.generator.decode_attention must be 'eager' or 'sdpa', got {g.decode_attention!r}")
     if g.target_answer not in ("first", "in_context"):
@@ -383,4 +450,10 @@ def load_profile(name_or_path: str | Path, overrides: Mapping[str, Any] | None =
         raise ConfigError(f"{path}: {exc}") from exc
     if overrides:
         values = deep_update(values, overrides)
-    return profile_from_dict(values, where=str(path))
+    profile = profile_from_dict(values, where=str(path))
+    builtin = PROFILE_DIR / f"{profile.name}.toml"
+    if path.resolve() != builtin.resolve() and builtin.exists() and load_profile(profile.name) != profile:
+        raise ConfigError(f"{path}: name = {profile.name!r} is a built-in profile's, with other values; its data "
+                          f"build, runs and checkpoints would be taken for (and overwrite) that profile's. Give the "
+                          "file a name of its own")
+    return profile

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from .config import load_profile
 from .io_utils import atomic_write_json, atomic_write_text
+from .machine import matmul_gflops, timing_entries
 from .paths import reports_dir
 from .reproduce import NotebookFailed, RunLock, select_notebooks
 
@@ -118,6 +119,7 @@ def run_headless(profile_name: str, only: Sequence[str] | None = None, parameter
     failures: list[str] = []
     timings: dict[str, float] = {}
     cwd = Path.cwd()
+    gflops_start = matmul_gflops()
     t_all = time.perf_counter()
     with RunLock(profile_name):
         for i, nb in enumerate(books, start=1):
@@ -144,8 +146,7 @@ def run_headless(profile_name: str, only: Sequence[str] | None = None, parameter
                 timings[nb.stem] = round(time.perf_counter() - t0, 1)
                 log(f"  done in {timings[nb.stem]:.0f} s ({(time.perf_counter() - t_all) / 60:.1f} min so far)")
             previous = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-            previous.update({k: {"wall_s": v, "cores": os.cpu_count(), "runner": "headless"}
-                             for k, v in timings.items()})
+            previous.update(timing_entries(timings, gflops_start, gflops_start, os.cpu_count(), runner="headless"))
             timings_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(timings_path, previous)
     if failures:

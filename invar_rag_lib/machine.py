@@ -27,3 +27,13 @@ def normalised_minutes(wall_s: float, gflops: float, reference: float = REFERENC
     """`wall_s` as minutes on a machine of `reference` GFLOP/s: a machine twice as fast does the
     same work in half the wall time, which is the same number of normalised minutes."""
     return wall_s / 60.0 * gflops / reference
+
+
+def timing_entries(wall_s: dict[str, float], gflops_start: float, gflops_end: float, cores: int | None,
+                   **extra) -> dict[str, dict]:
+    """The `timings.json` entry of each notebook of one run: wall seconds, the machine's matmul speed
+    measured at the run's start and end, and the wall time in minutes normalised to
+    `REFERENCE_GFLOPS` at the mean of the two speeds."""
+    speed = (gflops_start + gflops_end) / 2
+    return {k: {"wall_s": v, "cores": cores, "gflops_start": round(gflops_start, 1), "gflops_end": round(gflops_end, 1),
+                "normalised_min": round(normalised_minutes(v, speed), 2), **extra} for k, v in wall_s.items()}

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .config import load_profile
 from .io_utils import atomic_write_json
+from .machine import REFERENCE_GFLOPS, matmul_gflops, timing_entries
 from .paths import repo_root, reports_dir
 
 KERNEL_NAME = "invar-rag"
@@ -216,6 +217,8 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
     env_backup = os.environ.get("PYTHONHASHSEED")
     os.environ["PYTHONHASHSEED"] = "0"
     timings = {}
+    gflops_start = matmul_gflops()  # the machine's speed, so wall times compare across machines
+    log(f"machine: fp32 matmul {gflops_start:.0f} GFLOP/s (reference {REFERENCE_GFLOPS:.0f})")
     t_all = time.perf_counter()
     try:
         for i, nb in enumerate(books, start=1):
@@ -250,6 +253,12 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
             os.environ.pop("PYTHONHASHSEED", None)
         else:
             os.environ["PYTHONHASHSEED"] = env_backup
-    previous.update({k: {"wall_s": v, "cores": os.cpu_count()} for k, v in timings.items()})
+    gflops_end = matmul_gflops()
+    entries = timing_entries(timings, gflops_start, gflops_end, os.cpu_count())
+    previous.update(entries)
     atomic_write_json(path, previous)
+    total = sum(timings.values())
+    log(f"machine: fp32 matmul {gflops_start:.0f} GFLOP/s at the start, {gflops_end:.0f} at the end; notebooks "
+        f"{total / 60:.1f} wall min = {sum(e['normalised_min'] for e in entries.values()):.1f} min normalised "
+        f"to {REFERENCE_GFLOPS:.0f} GFLOP/s")
     return timings

@@ -39,7 +39,8 @@ def _generation_results():
 
     per = {"closed-book": [0, 0, 1, 0], "minilm-rag": [1, 1, 0, 1], "invar-rag": [1, 0, 0, 0]}
     rows = {r: {"nq": {"metrics": {m: cell(v) for m in ("em", "f1", "acc", "context_hit")}}} for r, v in per.items()}
-    return {"provenance": {"profile": "smoke", "git_revision": "abc1234", "date": "2026-11-27 10:00 UTC"},
+    return {"provenance": {"profile": "smoke", "git_revision": "abc1234", "date": "2026-11-27 10:00 UTC",
+                           "config": load_profile("smoke").to_dict()},
             "rows": rows, "k": 3, "n_shot": 8, "retriever_mode": "rerank of MiniLM's top 30",
             "paired_pvalues": {"closed-book_vs_minilm-rag/nq": {"em": 0.01, "f1": 0.2, "acc": 0.01},
                                "invar-rag_vs_minilm-rag/nq": {"em": 0.3, "f1": 0.3, "acc": 0.3}},

@@ -162,5 +162,53 @@ def test_validation_errors(data, retrieval, match):
 
 
 def test_to_dict_round_trips(tmp_path):
-    p = profile_from_dict(tiny_profile_dict(tmp_path))
+    p = profile_from_dict(tiny_profile_dict(tmp_path / "reports"))
     assert profile_from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("name", "", "must be a plain folder name"),
+    ("name", "..", "must be a plain folder name"),
+    ("name", "a/b", "must be a plain folder name"),
+    ("reports_dir", "", "reports_dir must not be empty"),
+    ("reports_dir", ".", "is the checkout itself"),
+    ("reports_dir", "..", "leaves the checkout"),
+    ("reports_dir", "/", "is the checkout itself"),
+    ("reports_dir", "data/reports", "inside the checkout's data/"),
+    ("reports_dir", "invar_rag_lib", "inside the checkout's invar_rag_lib/"),
+    ("stage1.max_grad_norm", -1.0, "max_grad_norm must be > 0"),
+    ("stage1.max_grad_norm", 0.0, "max_grad_norm must be > 0"),
+    ("generator.max_grad_norm", 0.0, "max_grad_norm must be > 0"),
+    ("stage1.alpha", -0.5, "must be >= 0"),
+    ("stage1.lam", -1.0, "must be >= 0"),
+    ("stage1.warmup_steps", -1, "warmup_steps and weight_decay must be >= 0"),
+    ("generator.weight_decay", -0.1, "warmup_steps and weight_decay must be >= 0"),
+    ("retrieval.ks", [], "must list at least one k"),
+    ("data.eval_datasets", [], "must name at least one"),
+    ("generator.lora_layers", -1, "lora_layers >= 0"),
+    ("generator.context_mix", "all", "context_mix must be"),
+    ("generator.adapter_prompt", "few", "adapter_prompt must be"),
+    ("generator.instruction", "  ", "instruction must not be empty"),
+])
+def test_values_that_would_destroy_data_or_train_backwards_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("smoke", overrides={key: value})
+
+
+def test_a_profile_file_reusing_a_built_in_name_with_other_values_is_refused(tmp_path):
+    import tomllib
+
+    from invar_rag_lib.config import PROFILE_DIR
+
+    text = (PROFILE_DIR / "smoke.toml").read_text()
+    same = tmp_path / "same.toml"
+    same.write_text(text)
+    assert load_profile(same) == load_profile("smoke")  # an identical copy is the same profile
+    other = tmp_path / "other.toml"
+    other.write_text(text.replace("eval_questions_per_dataset = 20", "eval_questions_per_dataset = 10"))
+    assert tomllib.loads(other.read_text())["name"] == "smoke"
+    with pytest.raises(ConfigError, match="is a built-in profile's, with other values"):
+        load_profile(other)
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(other.read_text().replace('name = "smoke"', 'name = "smoke-10"'))
+    assert load_profile(renamed).data.eval_questions_per_dataset == 10

@@ -143,9 +143,11 @@ def test_stage2_retriever_run_in_full_mode_searches_the_whole_corpus(built_tiny,
     run = gs.retriever_run()
     assert run["mode"].startswith("full") and run["depth"] == len(gs.passages)
     keep = min(2 + RUN_MARGIN, len(gs.passages))
-    assert set(run["runs"]) == {*bench.eval, "train"}
+    assert set(run["runs"]) == {*bench.eval, "train", "val"}
+    assert len(run["runs"]["val"]) == len(gs.val_questions)  # none in this tiny split: an empty run, not an error
     for split, by_q in run["runs"].items():
-        assert by_q and all(len(ids) == keep and len(set(ids)) == keep for ids in by_q.values())
+        assert by_q or split == "val"
+        assert all(len(ids) == keep and len(set(ids)) == keep for ids in by_q.values())
     qs = bench.eval_records("nq")
     assert run["runs"]["nq"] == LLMRetriever.from_profile(gs.backbone, profile, gs.passages).search(qs, keep)
     assert not gs.retriever_run()["made_now"]  # the second time, the saved run is read

@@ -121,7 +121,7 @@ def test_training_learns_a_learnable_toy_task_far_below_the_uniform_loss(tmp_pat
 def test_training_split_is_disjoint_and_skips_unused_sources(built_tiny):
     from dataclasses import replace
 
-    from invar_rag_lib.stage1.groups import training_split
+    from invar_rag_lib.splits import training_split
 
     _, bench = built_tiny
     profile = load_profile("smoke")
@@ -223,3 +223,65 @@ def test_ablations_train_the_component_variants_and_are_tested_against_04s_floor
     claims = claims_table(v, generation, a)
     row = claims[claims["test"] == "invar vs invar−align, acc@5"].iloc[0]
     assert row["NQ"] != "—"  # read from notebook 07's results: notebook 04's have no invar−align
+
+
+def test_the_cli_trains_the_same_invar_as_the_notebooks(tiny_sources, tmp_path, isolated_home):
+    """`invar-rag train-retriever --variant invar` is notebook 04's `invar`: the same function, the
+    ridge map included, so the same adapter weights (it was trained without the map before)."""
+    from safetensors.torch import load_file
+
+    from invar_rag_lib.cli import main
+    from invar_rag_lib.config import load_profile
+    from invar_rag_lib.data import load_benchmark, prepare_benchmark
+    from invar_rag_lib.stage1.experiment import train_variant
+    from invar_rag_lib.stage1.prepare import prepare
+    from invar_rag_lib.stage1.variants import variant_objectives
+    from invar_rag_lib.training import lora_state
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f"""name = "tiny"
+reports_dir = "{tmp_path / 'reports'}"
+[data]
+eval_questions_per_dataset = 4
+corpus_pool_questions_per_dataset = 6
+distractor_passages = 100
+train_questions_per_source = 100
+[retrieval]
+ks = [1, 5]
+bootstrap_resamples = 50
+[retriever]
+backbone = "tiny-random"
+max_len = 24
+query_max_len = 16
+lora_layers = 2
+rerank_depth = 8
+[stage1]
+train_questions = 8
+val_questions = 2
+coarse_candidates = 6
+group_size = 3
+env_questions = 4
+env_group_size = 2
+env_batch_size = 2
+rewrite_method = "rules"
+windows = [12]
+epochs = 1
+batch_size = 2
+warmup_steps = 1
+projection = "ridge"
+""")
+    profile = load_profile(toml)
+    prepare_benchmark(profile, sources=tiny_sources, log=lambda *a: None)
+    out = tmp_path / "cli-invar"
+    assert main(["train-retriever", "--profile", str(toml), "--variant", "invar", "--out", str(out)]) == 0
+    cli_weights = load_file(str(out / "checkpoint-latest" / "adapter.safetensors"))
+    bench = load_benchmark("tiny")
+    prepared = prepare(profile, bench, log=lambda *a: None)
+    assert prepared.projection is not None
+    retriever, record = train_variant(profile, bench, prepared, "invar", variant_objectives(profile)["invar"],
+                                      log=lambda *a: None)
+    assert retriever.projection is prepared.projection and not record["reused"]
+    ours = lora_state(prepared.backbone.model, "retriever")
+    assert set(ours) == set(cli_weights)
+    for k, v in ours.items():
+        torch.testing.assert_close(cli_weights[k], v, atol=0, rtol=0)

@@ -56,3 +56,42 @@ def test_share_prefix_needs_one_prefix(lm):
     model, tok = lm
     with pytest.raises(ValueError, match="one common prefix"):
         greedy_decode(model, tok, [PROMPTS[0], Prompt("other\n", "Question: x\nAnswer:")], 4)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_decoding_several_readers_with_a_shared_trunk_equals_decoding_each_alone(lm, attn):
+    """`decode_readers`: two readers (the model, and the model with its top layers changed, as an
+    adapter on the top layers does) share the prefill below the split and drop finished rows; each
+    reader's answers equal `greedy_decode`'s with that reader alone."""
+    import contextlib
+    import copy
+
+    from invar_rag_lib.llm.decode_readers import decode_readers
+
+    model, tok = lm
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # another "adapter": the top two layers differ
+        for layer in other.model.layers[2:]:
+            for p in layer.parameters():
+                p.mul_(0.8)
+
+    @contextlib.contextmanager
+    def use(weights):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(weights)
+        try:
+            yield
+        finally:
+            model.load_state_dict(before)
+
+    base_answers = greedy_decode(model, tok, PROMPTS, 8, batch_size=3, attn_implementation=attn)
+    with use(other.state_dict()):
+        other_answers = greedy_decode(model, tok, PROMPTS, 8, batch_size=3, attn_implementation=attn)
+    stats = [DecodeStats(), DecodeStats()]
+    got = decode_readers(model, tok, PROMPTS, [contextlib.nullcontext, lambda: use(other.state_dict())], split=2,
+                         max_new_tokens=8, batch_size=3, stats=stats, attn_implementation=attn)
+    assert got == [base_answers, other_answers]
+    assert base_answers != other_answers, "the two readers must differ for the test to mean anything"
+    alone = decode_readers(model, tok, PROMPTS, [contextlib.nullcontext], split=0, max_new_tokens=8, batch_size=4)
+    assert alone == [base_answers]
+    assert stats[0].prompts == len(PROMPTS) and 0 < stats[0].generated_tokens <= 8 * len(PROMPTS)

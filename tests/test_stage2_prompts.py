@@ -32,11 +32,16 @@ def test_closed_book_has_no_passages_and_windows_cut_passages():
     assert len(tok(body, add_special_tokens=False)["input_ids"]) <= 3
 
 
-def test_target_answer_prefers_an_answer_the_passages_contain():
+def test_target_answer_prefers_an_answer_the_reader_is_shown():
     answers = ["Yellowest", "Yellow (colour)", "Yellow"]
     assert target_answer(answers, ["the digger is painted yellow"], "in_context") == "Yellow"
-    assert target_answer(answers, ["no colour named here"], "in_context") == "Yellowest"
     assert target_answer(answers, ["the digger is painted yellow"], "first") == "Yellowest"
+    # the shown windows first, then the whole passages, then the shortest alias
+    crook = ["I'm not a crook", "Richard Nixon", "Nixon"]
+    assert target_answer(crook, ["Richard Nixon ran again"], "in_context", ["... Nixon's committee"]) == "Nixon"
+    assert target_answer(crook, ["Richard Nixon ran again"], "in_context", ["nothing here"]) == "Richard Nixon"
+    assert target_answer(crook, ["no name here"], "in_context") == "Nixon"
+    assert target_answer(["October\xa012,\xa02017"], [], "first") == "October 12, 2017"  # whitespace collapsed
 
 
 def test_generator_config_is_validated():

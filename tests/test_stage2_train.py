@@ -1,4 +1,5 @@
-"""The generator adapter: its trunk-cached loss equals a full forward, only it trains, reuse works."""
+"""The generator adapter: its trunk-cached, prefix-once loss equals a full forward (for a trunk and
+for LoRA on every layer), only it trains, reuse works."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +8,8 @@ from invar_rag_lib.config import load_profile
 from invar_rag_lib.llm.backbone import Backbone, generator_shape
 from invar_rag_lib.training import lora_state
 from invar_rag_lib.llm.decode import Prompt
-from invar_rag_lib.stage2.train import (GENERATOR_ADAPTER, Example, GeneratorData, GeneratorTop, sequence_ids,
-                                        train_generator)
+from invar_rag_lib.stage2.examples import Example
+from invar_rag_lib.stage2.train import GENERATOR_ADAPTER, GeneratorData, GeneratorTop, sequence_ids, train_generator
 
 EXAMPLES = [Example(Prompt("Answer.\n\n", f"Passage: item {i} is {'very ' * i}red\nQuestion: what is {i}?\nAnswer:"),
                     f"colour {i}") for i in range(8)]
@@ -24,8 +25,10 @@ def stage(tmp_path, monkeypatch):
     return profile, backbone, backbone.split(GENERATOR_ADAPTER)
 
 
-def test_cached_loss_equals_a_full_forward(stage):
+@pytest.mark.parametrize("all_layers", [False, True])
+def test_cached_loss_equals_a_full_forward(stage, all_layers):
     profile, backbone, split = stage
+    split = 0 if all_layers else split  # 0: no trunk, the prefix and rows run through every layer
     with torch.no_grad():  # a non-zero adapter, so the comparison covers the LoRA path
         for n, p in backbone.model.named_parameters():
             if f"lora_B.{GENERATOR_ADAPTER}" in n:
@@ -35,7 +38,8 @@ def test_cached_loss_equals_a_full_forward(stage):
         got = GeneratorTop(backbone.model, split)(*data.batch([0, 1, 2]))
     losses, count = 0.0, 0
     for e in EXAMPLES[:3]:
-        ids, n_target = sequence_ids(backbone.tokenizer, e)
+        prefix, own, n_target = sequence_ids(backbone.tokenizer, e)
+        ids = prefix + own
         with backbone.adapter(GENERATOR_ADAPTER):
             logits = backbone.model(input_ids=torch.tensor([ids])).logits[0]
         target = torch.tensor(ids[-n_target:])

@@ -69,7 +69,8 @@ def make_generator_setup(grad_accum: int, dropout: float = 0.0, lr: float | None
     """(profile, backbone, data) for the generator: synthetic prompts whose answer is in the passage."""
     from invar_rag_lib.llm.backbone import generator_shape
     from invar_rag_lib.llm.decode import Prompt
-    from invar_rag_lib.stage2.train import Example, GeneratorData
+    from invar_rag_lib.stage2.examples import Example
+    from invar_rag_lib.stage2.train import GeneratorData
 
     profile = load_profile("smoke", overrides={
         "generator.grad_accum": grad_accum, "generator.batch_size": 2, "generator.epochs": 2,

@@ -12,7 +12,8 @@ from ..llm.retriever import LLMRetriever, group_scores
 from ..paths import data_dir
 from ..retrieval.harness import evaluate_run, random_ranking
 from ..stage1.evaluate import validation_set
-from ..stage1.groups import build_groups, training_split
+from ..splits import training_split
+from ..stage1.groups import build_groups
 from ..stage1.environments import environments
 from ..stage1.prepare import training_data
 from ..stage1.train import TrainingData, train_retriever

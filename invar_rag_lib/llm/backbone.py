@@ -89,14 +89,21 @@ class Backbone:
         return lora_config(model, shape.layers, shape.r, shape.alpha, shape.dropout, shape.targets)
 
     # --- adapters -----------------------------------------------------------------------------
-    def add_adapter(self, name: str, shape: LoraShape) -> None:
+    def add_adapter(self, name: str, shape: LoraShape, replace: bool = False) -> None:
         """A further named adapter (the `generator`), initialised from the profile's seed, so its
-        initial weights do not depend on what ran before. Adding it twice is a no-op."""
+        initial weights do not depend on what ran before. Adding it again with the same shape is a
+        no-op; with another shape it is refused, unless `replace` (a sweep over depths), which
+        deletes the old one first."""
         if name in self.adapters:
-            if self.adapters[name] != shape:
+            if self.adapters[name] == shape:
+                return
+            if not replace:
                 raise ValueError(f"adapter {name!r} exists with another shape ({self.adapters[name]}); "
                                  f"reload the backbone for {shape}")
-            return
+            if name == RETRIEVER:
+                raise ValueError("the retriever adapter is the backbone's first and is never replaced")
+            self.model.delete_adapter(name)
+            del self.adapters[name], self.initial[name], self.loaded[name]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.model.add_adapter(name, self._lora(self.model, shape))
@@ -153,6 +160,9 @@ class Backbone:
     def fingerprint(self, split: int) -> str:
         """Hash of the float32 weights below `split` (what its trunk states depend on)."""
         if split not in self._fingerprints:
+            if self.arithmetic:
+                raise ValueError(f"no fingerprint of the weights below layer {split} was taken before the trunk was "
+                                 "quantized; pass that depth to the Backbone (other_depths)")
             self._fingerprints[split] = trunk_fingerprint(self.model, split, extra=self.name + self.arithmetic)
         return self._fingerprints[split]
 

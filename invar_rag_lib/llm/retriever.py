@@ -192,6 +192,8 @@ class LLMRetriever:
         """Rerank each question's first `depth` candidates by s_θ(q, d); returns qid -> ranked ids.
         `query_texts` (qid -> text) replaces a question's text (its rewrites); pass one `memo` to
         every call of one value; `persist` as for `passage_reps`."""
+        if not questions:
+            return {}
         pool = list(dict.fromkeys(p for q in questions for p in candidates[q["id"]][:depth]))
         p_reps = self.passage_reps(pool, memo, persist)
         q_reps = self._query_reps_for(questions, query_texts)
@@ -211,6 +213,8 @@ class LLMRetriever:
         inner product, `DenseRetriever`); returns qid -> ranked ids."""
         from ..retrieval.dense import DenseRetriever
 
+        if not questions:
+            return {}
         pids = list(self.passages)
         index = DenseRetriever(pids, self.passage_reps(pids, memo, persist))
         ranked, _ = index.search_embeddings(self._query_reps_for(questions, query_texts), k)

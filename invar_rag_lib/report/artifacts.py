@@ -180,17 +180,30 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "What the generator adapter was trained on and how far its loss fell.",
       lambda r: f"Generator training ({_profile(r)} profile)"),
     A("05-generator-loss", "figure", ("05_generator/training",), generation.generator_loss_curve,
-      "The generator's cross-entropy on answer tokens per step."),
+      "The generator's cross-entropy on answer tokens per step, beside the base model's on the same examples."),
+    A("05_generator_diagnostics", "table", ("05_generator/training",), generation.diagnostics_table,
+      "Is the reader learning? EM and extraction rate of the base model and of the generator on the same held-out validation questions and on training questions.",
+      lambda r: f"The generator before and after training, {_profile(r)} profile: base model (base prompt) vs generator "
+                f"({r['provenance']['config']['generator']['adapter_prompt']} prompt), the frozen {r['retriever']} "
+                f"retriever's top {r['k']} passages"),
     A("06_generation", "table", ("06_generation/generation",), generation.generation_table,
       "The main end-to-end table: EM, F1 and PopQA-style acc per row and dataset, with 95% intervals († = differs from minilm-rag, p < 0.05).",
-      lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot, {_profile(r)} profile, "
-                f"retrieval {r['retriever_mode']}; {DAGGER.format('minilm-rag')}"),
+      lambda r: f"End-to-end QA (%), k = {r['k']} passages, {r['n_shot']}-shot base prompt (generator rows: "
+                f"{r.get('adapter_prompt', 'same')} prompt), {_profile(r)} profile, retrieval {r['retriever_mode']}; "
+                f"{DAGGER.format('minilm-rag')}"),
     A("06_answer_in_context", "table", ("06_generation/generation",), generation.context_table,
-      "How often the generator could have read an answer: top-k whole passages against the windows it is shown (title + first passage_tokens tokens).",
-      lambda r: f"Answer in the top-{r['k']} passages (%), whole passages and the shown windows, {_profile(r)} profile"),
+      "How often the reader could have read an answer (top-k whole passages against the windows it is shown: title + first passage_tokens tokens) and how often it did: the extraction rate, EM among the questions whose windows show one.",
+      lambda r: f"Answer in the top-{r['k']} passages and in the shown windows, and the extraction rate (EM where "
+                f"the windows show an answer), % with 95% CI, {_profile(r)} profile"),
+    A("06_changed_answers", "table", ("06_generation/generation",), generation.changed_table,
+      "How many answers the generator adapter changes against the base model reading the same passages, and in which direction.",
+      lambda r: f"Answers the generator changes, {_profile(r)} profile"),
+    A("06_examples", "table", ("06_generation/generation",), generation.examples_table,
+      "A few questions on which the generator answers otherwise than the base model on the same invar passages.",
+      lambda r: f"Example answers before (invar-retrieval) and after (invar-rag) the generator adapter, {_profile(r)} profile"),
     A("06_generation_pvalues", "table", ("06_generation/generation",), generation.generation_pvalues,
-      "Paired bootstrap p-values of every row against minilm-rag, and of invar-rag against invar-retrieval (the generator adapter's own effect).",
-      lambda r: "Paired bootstrap p-values (two-sided) of EM, F1 and acc"),
+      "Paired bootstrap p-values of every row against minilm-rag, of each generator row against the base model on the same passages (the adapter's own effect), and of invar-rag against minilm-rag + generator.",
+      lambda r: _p_caption(r, "of EM, F1 and acc")),
     A("06_decode_speed", "table", ("06_generation/generation",), generation.decode_speed_table,
       "Greedy decoding throughput per row with the shared-prefix cache (answers cached on disk are not re-timed).",
       lambda r: f"Decoding throughput ({_profile(r)} profile)"),

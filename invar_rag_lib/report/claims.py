@@ -152,9 +152,9 @@ def claims_table(variants: dict, generation_results: dict, ablations: dict) -> p
 
 
 def summary_table(benchmark: dict, variants: dict, generation_results: dict, ablations: dict) -> pd.DataFrame:
-    """Five lines for the top of the README, written from the results: the corpus ceiling, whether
-    the LLM retriever learns, how it compares with MiniLM, the invariance claim and the end-to-end
-    claim, each with its verdict from `claims_table`."""
+    """The study in a few lines, for the top of the README, written from the results: the corpus
+    ceiling, whether the LLM retriever learns, how it compares with MiniLM, the invariance claim, the
+    generation stage's effect and the end-to-end claim, each with its verdict from `claims_table`."""
     ev = benchmark["counts"]["eval"]
     table = claims_table(variants, generation_results, ablations)
     ret, gen = retrievers(variants), generation(generation_results)
@@ -169,6 +169,10 @@ def summary_table(benchmark: dict, variants: dict, generation_results: dict, abl
         found = [v for t, v in zip(table["test"], table["verdict"]) if t.startswith(test_prefix)]
         return ", ".join(dict.fromkeys(found)) or "not run"
 
+    def verdict_of(test: str) -> str:
+        found = [v for t, v in zip(table["test"], table["verdict"]) if t == test]
+        return found[0] if found else "not run"
+
     names = " / ".join(DATASET_NAMES.get(ds, ds) for ds in ordered(ev))
     rows = {
         "what the corpus allows": (f"{' / '.join(str(ev[ds]['answer_in_corpus']) for ds in ordered(ev))} of "
@@ -181,7 +185,15 @@ def summary_table(benchmark: dict, variants: dict, generation_results: dict, abl
                                           f"{verdicts('invar vs minilm, acc@5')} (vs MiniLM), "
                                           f"{verdicts('invar vs bm25')} (vs BM25)"),
         "is invar more stable across rewrites than llm-ctr?": verdicts("invar vs llm-ctr"),
-        "does Invar-RAG answer better?": (f"EM invar-rag {em('invar-rag')} vs minilm-rag {em('minilm-rag')}: "
-                                          f"{verdicts('invar-rag vs minilm-rag')}"),
     }
+    if "invar-retrieval" in gen:
+        rows["does the generation stage help?"] = (
+            f"EM invar-rag {em('invar-rag')} vs invar-retrieval {em('invar-retrieval')}: "
+            f"{verdict_of('invar-rag vs invar-retrieval, EM')}"
+            + (f"; on MiniLM's passages {em('minilm-rag+generator')} vs {em('minilm-rag')}: "
+               f"{verdict_of('minilm-rag + generator vs minilm-rag, EM')}" if "minilm-rag+generator" in gen else ""))
+    rows["does Invar-RAG answer better?"] = (
+        f"EM invar-rag {em('invar-rag')} vs minilm-rag {em('minilm-rag')}: {verdict_of('invar-rag vs minilm-rag, EM')}"
+        + (f"; vs minilm-rag + generator {em('minilm-rag+generator')}: "
+           f"{verdict_of('invar-rag vs minilm-rag + generator, EM')}" if "minilm-rag+generator" in gen else ""))
     return pd.DataFrame({"answer, from this profile's results": rows}).rename_axis("question")

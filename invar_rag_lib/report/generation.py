@@ -15,7 +15,7 @@ from .names import DATASET_NAMES, ordered, ordered_retrievers  # noqa: E402
 
 
 METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in the top-k passages",
-                "window_hit": "answer in the shown windows"}
+                "window_hit": "answer in the shown windows", "extraction": "EM where the windows show an answer"}
 
 
 def generation_rows(names) -> list[str]:
@@ -40,9 +40,10 @@ def generation_table(results: dict, metrics=("em", "f1", "acc"), significance_vs
 
 
 def context_table(results: dict) -> pd.DataFrame:
-    """What the generator could read: the share of questions whose top-k passages contain an
-    answer, on whole passages and within the shown windows (title + first `passage_tokens`
-    tokens), per row that retrieves. Empty for results written before `window_hit` existed."""
+    """What the reader could read and what it made of it: the share of questions whose top-k passages
+    contain an answer, on whole passages and within the shown windows (title + first
+    `passage_tokens` tokens), and the extraction rate (EM among the questions whose shown windows
+    hold an answer), per row that retrieves."""
     table, typed = {}, generation(results)
     for row in generation_rows(typed):
         cells = {}
@@ -53,14 +54,45 @@ def context_table(results: dict) -> pd.DataFrame:
             name = DATASET_NAMES.get(ds, ds)
             cells[f"{name} whole passages"] = r.metric("context_hit").pct()
             cells[f"{name} shown windows"] = r.metric("window_hit").pct()
+            if r.has("extraction"):
+                cells[f"{name} extraction"] = r.metric("extraction").pct()
         if cells:
             table[row] = cells
-    return pd.DataFrame.from_dict(table, orient="index").rename_axis("row")
+    return pd.DataFrame.from_dict(table, orient="index").fillna("—").rename_axis("row")
+
+
+def changed_table(results: dict) -> pd.DataFrame:
+    """How much each adapter row changes against the base model reading the same passages: answers
+    that differ, EM gained (0 → 1) and lost (1 → 0), of n questions."""
+    table = {}
+    for row, by_ds in results.get("changed", {}).items():
+        cells = {}
+        for ds in ordered(by_ds):
+            c = by_ds[ds]
+            name = DATASET_NAMES.get(ds, ds)
+            cells[f"{name} answers changed"] = f"{c['answer_changed']} of {c['n']}"
+            cells[f"{name} EM +/−"] = f"+{c['em_gained']} / −{c['em_lost']}"
+        table[f"{row} vs {next(iter(by_ds.values()))['vs']}"] = cells
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("adapter row vs base row")
+
+
+def examples_table(results: dict) -> pd.DataFrame:
+    """A few questions where the generator answers otherwise than the base model on the same passages."""
+    rows = results.get("examples", [])
+    if not rows:
+        return pd.DataFrame({"note": ["no question where the two answers differ"]})
+    return pd.DataFrame([{**r, "dataset": DATASET_NAMES.get(r["dataset"], r["dataset"]),
+                          "gold": " | ".join(r["gold"])} for r in rows]).set_index("dataset")
 
 
 def generation_pvalues(results: dict) -> pd.DataFrame:
-    """Paired bootstrap p-values: every row against minilm-rag, and invar-rag against
-    invar-retrieval (the generator adapter's own effect), in row and dataset order."""
+    """Paired bootstrap p-values, at the bootstrap's resolution: every row against minilm-rag, each
+    adapter row against the base model on the same passages, invar-rag against minilm-rag +
+    generator; in row and dataset order."""
+    from .claims import fmt_p
+
+    n_res = results["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
+
     def order(key):
         pair, ds = key.split("/")
         row, base = pair.split("_vs_")
@@ -68,11 +100,11 @@ def generation_pvalues(results: dict) -> pd.DataFrame:
                 ordered([d for d in DATASET_NAMES] + [ds]).index(ds))
 
     keys = sorted(results["paired_pvalues"], key=order)
-    df = pd.DataFrame({k.replace("_vs_", " vs ").replace("/", " / "): {METRIC_NAMES[m]: p for m, p in
+    df = pd.DataFrame({k.replace("_vs_", " vs ").replace("/", " / "): {METRIC_NAMES[m]: fmt_p(p, n_res) for m, p in
                                                                       results["paired_pvalues"][k].items()}
                        for k in keys}).T
     df = df[[METRIC_NAMES[m] for m in ("em", "f1", "acc") if METRIC_NAMES[m] in df.columns]]
-    return df.round(3).rename_axis("row vs baseline / dataset")
+    return df.rename_axis("row vs baseline / dataset")
 
 
 def decode_speed_table(results: dict) -> pd.DataFrame:
@@ -86,13 +118,40 @@ def decode_speed_table(results: dict) -> pd.DataFrame:
 def generator_training_table(results: dict) -> pd.DataFrame:
     t = results["training"]
     h = t["history"]
+    g = results["provenance"]["config"]["generator"]
     head, tail = h[: min(5, len(h))], h[-min(5, len(h)):]
+    c, s = t["counts"], t["loss_on_sample"]
+    depth = "every layer" if g["lora_layers"] == 0 else f"top {g['lora_layers']} layers"
     return pd.DataFrame({"value": {
-        "training examples": t["n_examples"], "tokens per example (mean)": round(t["tokens_per_example"], 1),
-        "optimizer steps": len(h), "loss, first 5 steps": round(sum(r["loss"] for r in head) / len(head), 3),
-        "loss, last 5 steps": round(sum(r["loss"] for r in tail) / len(tail), 3),
-        "retriever": results["retriever"], "passages per prompt (k)": results["k"],
-        "demonstrations (n_shot)": results["n_shot"]}}).rename_axis("")
+        "adapter": f"LoRA on the {depth}, r {g['lora_r']}, α {g['lora_alpha']}, dropout {g['lora_dropout']:g}",
+        "training questions → examples": f"{c['questions']} → {c['examples']} ({c['context_mix']} contexts; "
+                                          f"{c['answer_in_shown_windows']} show an answer, {c['answer_passage_swapped_in']} "
+                                          "with an answer passage swapped in)",
+        "target answer rule": c["target_answer"],
+        "prompt": f"{g['adapter_prompt']} ({t['prefix_tokens']} shared prefix tokens, "
+                  f"{round(t['tokens_per_example'], 1)} per example in all)",
+        "optimizer steps (epochs × steps)": f"{len(h)} ({g['epochs']} × {len(h) // max(1, g['epochs'])}), lr {g['lr']:g}",
+        "loss, first 5 steps → last 5 steps": f"{sum(r['loss'] for r in head) / len(head):.3f} → "
+                                               f"{sum(r['loss'] for r in tail) / len(tail):.3f}",
+        f"loss on {s['examples']} training examples: base model → generator": f"{s['base model']:.3f} → {s['generator']:.3f}",
+        "retriever (frozen)": results["retriever"], "passages per prompt (k)": results["k"]}}).rename_axis("")
+
+
+def diagnostics_table(results: dict) -> pd.DataFrame:
+    """EM (and extraction: EM where the shown windows hold an answer) of the base model and of the
+    generator on the same validation and training questions, with the frozen retriever's passages."""
+    rows = {}
+    for split, label in (("val", "validation (held out)"), ("train", "training (first questions)")):
+        d = results["diagnostics"].get(split)
+        if not d:
+            continue
+        for who in ("base model", "generator"):
+            x = d[who]
+            rows[f"{label}, {who}"] = {
+                "questions": d["n"], "answer in shown windows (%)": round(100 * d["answer_in_shown_windows"], 1),
+                "EM (%)": round(100 * x["em"], 1),
+                "extraction (%)": "—" if x["extraction"] is None else round(100 * x["extraction"], 1)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("questions, reader")
 
 
 def generator_loss_curve(results: dict):
@@ -107,6 +166,9 @@ def generator_loss_curve(results: dict):
         ax.plot(steps[4:], smooth, color="#4c72b0", label="mean of 5")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy on answer tokens")
+    base = results["training"].get("loss_on_sample", {}).get("base model")
+    if base is not None:
+        ax.axhline(base, ls="--", color="grey", lw=1, label="base model, same examples")
     ax.set_title(f"generator adapter: {results['training']['n_examples']} examples")
     ax.legend()
     fig.tight_layout()

@@ -147,13 +147,28 @@ def _s04(reports) -> str:
 @_summary("05")
 def _s05(reports) -> str:
     r = reports.read_results("05_generator/training")
-    h = r["training"]["history"]
+    t, d = r["training"], r.get("diagnostics", {})
+    g = r["provenance"]["config"]["generator"]
+    h = t["history"]
     first, last = h[: min(5, len(h))], h[-min(5, len(h)):]
     mean = lambda xs: sum(x["loss"] for x in xs) / len(xs)  # noqa: E731
-    return (f"- The `generator` adapter trained on {r['training']['n_examples']} questions with the frozen "
-            f"`{r['retriever']}` retriever's top {r['k']} passages and {r['n_shot']} demonstrations: "
-            f"{len(h)} steps, answer-token cross-entropy {mean(first):.2f} (first steps) → {mean(last):.2f} (last steps).\n"
-            "- The retriever adapter did not move (a test checks it); notebook 06 measures whether the reader helps.")
+    depth = "every layer" if g["lora_layers"] == 0 else f"the top {g['lora_layers']} layers"
+    lines = [f"- The `generator` adapter (LoRA on {depth}) trained on {t['n_examples']} examples with the frozen "
+             f"`{r['retriever']}` retriever's top {r['k']} passages ({g['adapter_prompt']} prompt, {g['context_mix']} "
+             f"contexts): {len(h)} steps, answer-token cross-entropy {mean(first):.2f} (first steps) → "
+             f"{mean(last):.2f} (last steps); on {t['loss_on_sample']['examples']} training examples the base model's "
+             f"loss is {t['loss_on_sample']['base model']:.2f} and the generator's {t['loss_on_sample']['generator']:.2f}."]
+    for split, label in (("val", "held-out validation"), ("train", "training")):
+        x = d.get(split)
+        if x:
+            ext = ("" if x["base model"]["extraction"] is None else
+                   f"; extraction {_pct(x['base model']['extraction'])}% → {_pct(x['generator']['extraction'])}%")
+            lines.append(f"- On {x['n']} {label} questions, EM {_pct(x['base model']['em'])}% (base model) → "
+                         f"{_pct(x['generator']['em'])}% (generator){ext}; the shown windows hold an answer for "
+                         f"{_pct(x['answer_in_shown_windows'])}% of them.")
+    lines.append("- The retriever adapter did not move (a test checks it); notebook 06 measures the reader on the "
+                 "evaluation questions.")
+    return "\n".join(lines)
 
 
 @_summary("06")
@@ -163,15 +178,21 @@ def _s06(reports) -> str:
     datasets = ordered(next(iter(rows.values())))
     em = {row: {ds: rows[row][ds].metric("em").mean for ds in datasets} for row in rows}
     lines = ["- EM (" + _names(datasets) + "): " + "; ".join(f"{row} {_per_dataset(em[row])}" for row in rows) + "."]
-    if "invar-rag" in rows and "minilm-rag" in rows:
-        ps = {ds: (r["paired_pvalues"].get(f"invar-rag_vs_minilm-rag/{ds}") or {}).get("em") for ds in datasets}
-        lines.append(_versus("`invar-rag` against `minilm-rag`, EM", em["invar-rag"], em["minilm-rag"], ps, n_res))
+    for row, base, what in (("invar-rag", "invar-retrieval", "the generator on invar's passages"),
+                            ("minilm-rag+generator", "minilm-rag", "the generator on MiniLM's passages"),
+                            ("invar-rag", "minilm-rag", "`invar-rag` against `minilm-rag`")):
+        if row in rows and base in rows:
+            ps = {ds: (r["paired_pvalues"].get(f"{row}_vs_{base}/{ds}") or {}).get("em") for ds in datasets}
+            lines.append(_versus(f"{what} (`{row}` vs `{base}`), EM", em[row], em[base], ps, n_res))
+    ext = {row: {ds: rows[row][ds].metric("extraction").mean for ds in datasets if rows[row][ds].has("extraction")}
+           for row in rows if row != "closed-book"}
     window = {row: {ds: rows[row][ds].metric("window_hit").mean for ds in datasets}
               for row in rows if rows[row][datasets[0]].has("window_hit") and row != "closed-book"}
     if window:
-        lines.append("- The generator could read an answer in its shown windows for "
+        lines.append("- The shown windows hold an answer for "
                      + "; ".join(f"{row} {_per_dataset(w)}%" for row, w in window.items())
-                     + " of questions: EM can only approach these shares.")
+                     + " of questions; the extraction rate (EM among those) is "
+                     + "; ".join(f"{row} {_per_dataset(e)}%" for row, e in ext.items() if len(e) == len(datasets)) + ".")
     return "\n".join(lines)
 
 

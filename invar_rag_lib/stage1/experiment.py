@@ -33,20 +33,22 @@ def data_key(bench: Benchmark, prepared: Prepared) -> str:
 
 
 def train_variant(profile: Profile, bench: Benchmark, prepared: Prepared, name: str,
-                  objective: Objective | None, reuse: bool = False, log=print) -> tuple[LLMRetriever, dict | None]:
-    """Train `objective` from the common adapter initialisation into
-    data/checkpoints/<profile>/retriever/<name> (None = llm-zero, no training); returns the trained
-    retriever value and the training record. The ridge map into MiniLM's space belongs to
-    alignment: variants with α > 0 read h(x) through it."""
+                  objective: Objective | None, reuse: bool = False, log=print, resume: bool = False,
+                  out_dir=None) -> tuple[LLMRetriever, dict | None]:
+    """The one way to train a retriever variant (notebooks 04 and 07, stage 2's entry point and
+    `invar-rag train-retriever` all call it): `objective` from the common adapter initialisation
+    into `out_dir` (default data/checkpoints/<profile>/retriever/<name>; None objective = llm-zero,
+    no training); returns the trained retriever value and the training record. The ridge map into
+    MiniLM's space belongs to alignment: variants with α > 0 read h(x) through it."""
     if objective is None:
         return prepared.retriever(name=name), None
     backbone = prepared.backbone
     projection = prepared.projection if objective.alpha else None
     backbone.reset_adapter(RETRIEVER)
-    out = data_dir() / "checkpoints" / profile.name / "retriever" / name
+    out = out_dir or data_dir() / "checkpoints" / profile.name / "retriever" / name
     record = train_retriever(backbone, prepared.main, objective, profile, out, log=log,
                              data_key=data_key(bench, prepared), reuse=reuse, env_data=prepared.data,
-                             projection=projection)
+                             projection=projection, resume=resume)
     return prepared.retriever(weights=backbone.adapter_state(RETRIEVER), projection=projection, name=name), record
 
 

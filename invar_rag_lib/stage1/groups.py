@@ -8,14 +8,13 @@ score s_c(q, d) = c(q)·c(d) of every group member is kept for the alignment los
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..retrieval.coarse import CoarseStage
 from ..config import Profile
-from ..data import TRAIN_SOURCES, Benchmark
+from ..data import Benchmark
 from ..metrics import dpr_tokens, has_answer_in_tokens
 
 
@@ -28,30 +27,6 @@ class Group:
     positive: list[bool]
     coarse_scores: list[float]
     target_answer: str  # the y of the LSR score: a gold answer that a positive passage contains
-
-
-def select_training_questions(bench: Benchmark, n_total: int, seed: int,
-                              sources: tuple[str, ...] = tuple(TRAIN_SOURCES), skip: int = 0) -> list[dict]:
-    """`n_total` questions drawn evenly (seeded) from `sources`, after the first `skip` per source
-    of the same shuffle (so two draws with different `skip` ranges are disjoint)."""
-    per_source = -(-n_total // len(sources))
-    chosen = []
-    for source in sources:
-        records = bench.train_records(source)
-        random.Random(f"{seed}:stage1:{source}").shuffle(records)
-        chosen += records[skip:skip + per_source]
-    return chosen[:n_total] if n_total < len(chosen) else chosen
-
-
-def training_split(profile: Profile, bench: Benchmark) -> tuple[list[dict], list[dict]]:
-    """(training questions, validation questions): disjoint draws from `stage1.train_sources`; the
-    validation draw takes the questions after the training draw in each source's seeded order."""
-    s1 = profile.stage1
-    train = select_training_questions(bench, s1.train_questions, profile.seed, s1.train_sources)
-    skip = -(-s1.train_questions // len(s1.train_sources))
-    val = select_training_questions(bench, s1.val_questions, profile.seed, s1.train_sources, skip=skip) \
-        if s1.val_questions else []
-    return train, val
 
 
 def build_groups(profile: Profile, bench: Benchmark, questions: list[dict], log=print) -> list[Group]:

@@ -21,7 +21,8 @@ from ..llm.encoder import format_passage, format_query
 from ..llm.retriever import LLMRetriever
 from ..paths import cache_dir
 from .environments import Environment, environments
-from .groups import Group, build_groups, training_split
+from ..splits import training_split
+from .groups import Group, build_groups
 from .lsr import compute_lsr
 from .rewrites import make_rewrites
 from .train import TrainingData

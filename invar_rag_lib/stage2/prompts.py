@@ -59,12 +59,21 @@ def build_prompt(cfg: GeneratorConfig, prefix: str, question: str, passage_ids: 
     return Prompt(prefix, shown + cfg.question_template.format(q=question))
 
 
-def target_answer(answers: Sequence[str], passage_texts: Sequence[str], rule: str) -> str:
-    """The training target (see `GeneratorConfig.target_answer`)."""
+def target_answer(answers: Sequence[str], passage_texts: Sequence[str], rule: str,
+                  shown_texts: Sequence[str] = ()) -> str:
+    """The training target, its whitespace collapsed (NQ's answers carry non-breaking spaces).
+
+    "first": the first gold answer (docs/method.md). "in_context": the first gold answer that the
+    shown windows contain (what the reader can copy), else the first that the whole passages
+    contain, else the shortest (fewest words, then characters): TriviaQA lists aliases in no order,
+    and its first is often no answer a reader would give ('Beech woods' for the genus Fagus,
+    "I'm not a crook" for the president of CREEP)."""
     if rule == "in_context":
         from ..metrics import has_answer
 
-        for a in answers:
-            if any(has_answer(t, [a]) for t in passage_texts):
-                return a
-    return answers[0]
+        for texts in (shown_texts, passage_texts):
+            for a in answers:
+                if any(has_answer(t, [a]) for t in texts):
+                    return " ".join(a.split())
+        return " ".join(min(answers, key=lambda a: (len(a.split()), len(a))).split())
+    return " ".join(answers[0].split())
