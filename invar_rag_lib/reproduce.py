@@ -186,9 +186,43 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+def piped_log() -> bool:
+    """Where standard error is not a terminal (`make reproduce > log`, CI), papermill's log of each
+    cell ("Executing Cell N") and the cells' printed output (the library's progress lines) go to
+    standard error with the time, so a long notebook shows that it is alive."""
+    import logging
+
+    if sys.stderr.isatty():
+        return False
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "invar_rag", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("    %(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        handler.invar_rag = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return True
+
+
+def ensure_benchmark(profile_name: str, books: Sequence[Path], log=print) -> None:
+    """Notebook 00 builds the benchmark; a run that starts later (`--only 02`) builds it first when
+    it is missing, saying so, instead of failing inside a notebook."""
+    from .data import prepare_benchmark
+    from .paths import processed_dir
+
+    if any(nb.name.startswith("00") for nb in books) or (processed_dir(load_profile(profile_name).name)
+                                                         / "manifest.json").exists():
+        return
+    log(f"no benchmark for profile {profile_name!r} yet (notebook 00 builds it): building it first, as "
+        f"`invar-rag data prepare --profile {profile_name}` does")
+    prepare_benchmark(load_profile(profile_name), log=log)
+
+
 def run_notebooks(profile_name: str, only: Sequence[str] | None = None,
                   parameters: dict | None = None, log=print) -> dict:
     with RunLock(profile_name):
+        ensure_benchmark(profile_name, select_notebooks(only), log)
         return _run_notebooks(profile_name, only, parameters, log)
 
 
@@ -228,10 +262,11 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
                 + (f", last time {last / 60:.1f} min" if last else "") + " ...")
             t0 = time.perf_counter()
             try:
-                # A per-cell progress bar where a person watches a terminal; none in CI logs.
+                # A per-cell progress bar where a person watches a terminal; in a log (piped, CI) a
+                # timed line per cell and the cells' own progress lines instead (`piped_log`).
                 pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
-                                    cwd=str(nb.parent), progress_bar=sys.stderr.isatty(), log_output=False,
-                                    config=kernel_config())
+                                    cwd=str(nb.parent), progress_bar=sys.stderr.isatty(),
+                                    log_output=piped_log(), config=kernel_config())
             except pm.PapermillExecutionError as exc:
                 failed = out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                 os.replace(tmp, failed)

@@ -2,8 +2,8 @@
 `generator` of stage 2 each supply a named batch-loss function), and what it rests on: the lr
 schedule, the epoch order, the LoRA state, and checkpoint I/O with exact resume.
 
-A checkpoint is a folder `<run>/checkpoint-latest` holding the adapter weights (safetensors), the
-optimizer state (`torch.load(weights_only=True)`), every RNG state (python, numpy, torch CPU and
+A checkpoint is a folder `<run>/checkpoint-latest` holding the adapter weights (safetensors, and in
+peft's `save_pretrained` layout under `peft/<adapter>/`), the optimizer state (`torch.load(weights_only=True)`), every RNG state (python, numpy, torch CPU and
 each CUDA device: tensors in safetensors, the rest in JSON, nothing pickled), the step, the
 history and the config, sealed by a manifest of digests (`integrity.seal_dir`). Loading verifies
 the manifest first. Resuming compares the saved config with the current one and refuses, naming
@@ -103,6 +103,8 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
+        # The same weights in peft's own layout, for `PeftModel.from_pretrained(base, <ckpt>/peft/<adapter>)`.
+        model.save_pretrained(str(tmp / "peft"), selected_adapters=[adapter_name], safe_serialization=True)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         tensors, plain = _rng_state()
         save_file(tensors, str(tmp / "rng.safetensors"))

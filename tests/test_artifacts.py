@@ -59,9 +59,7 @@ def test_generation_table_orders_rows_and_marks_significance():
 def test_report_rebuilds_from_results_alone_and_writes_the_gallery(tmp_path, capsys):
     profile = load_profile("smoke")
     reports = Reports(profile)
-    path = reports.results_path("06_generation/generation")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_generation_results()))
+    reports.write_results("06_generation/generation", _generation_results())
     assert main(["report", "--profile", "smoke"]) == 1  # the other notebooks' results are missing
     out = capsys.readouterr()
     assert "skipped 04_retrieval_variants: missing" in out.out + out.err
@@ -101,3 +99,20 @@ def test_sync_readme_replaces_only_marked_tables_that_were_rebuilt(tmp_path):
     assert n == 1
     assert readme.read_text() == ("intro\n<!-- BEGIN 06_generation -->\n| new |\n<!-- END 06_generation -->\n"
                                   "<!-- BEGIN 04_stability -->\n| kept |\n<!-- END 04_stability -->\n")
+
+
+def test_a_table_is_shown_whole_with_its_caption_and_figures_embed_truetype_fonts(tmp_path):
+    """`show` gives a notebook the table's markdown (a long cell is never cut at pandas' column
+    width) with its caption; PDFs carry TrueType fonts, not Type 3."""
+    from invar_rag_lib.report.artifacts import show
+
+    reports = Reports(load_profile("smoke"))
+    long_row = {**_generation_results()}
+    reports.write_results("06_generation/generation", long_row)
+    shown = show(reports, "06_generation_pvalues")
+    text = shown.data
+    assert text.startswith("Paired bootstrap p-values (two-sided,") and "| row vs baseline / dataset |" in text
+    assert "…" not in text and "..." not in text
+    show(reports, "06-generation")
+    pdf = (reports.root / "figures" / "06-generation.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf

@@ -151,8 +151,26 @@ def test_broken_results_json_names_its_path(tiny_profile):
     path = reports.results_path("04_retriever/retrieval")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"rows": [1, 2')
-    with pytest.raises(ValueError, match=rf"{path} is not valid JSON"):
+    with pytest.raises(IntegrityError, match=rf"{path}: no digest.*rerun notebook 04"):
         reports.read_results("04_retriever/retrieval")
+
+
+def test_results_are_sealed_an_edited_number_is_refused_and_a_wrong_shape_named(tiny_profile, capsys):
+    """A results file is sealed like a cache: one whose numbers were edited after the run is refused
+    (never re-tabled), and a sealed file of the wrong shape is named with its path, in one line."""
+    from invar_rag_lib.cli import main
+    from invar_rag_lib.report.artifacts import build
+    from invar_rag_lib.report.writer import Reports
+
+    reports = Reports(tiny_profile)
+    path = reports.write_results("06_generation/generation", {"rows": {}, "k": 3})
+    assert reports.read_results("06_generation/generation")["k"] == 3
+    path.write_text(path.read_text().replace('"k": 3', '"k": 4'))
+    with pytest.raises(IntegrityError, match=rf"{path}: content does not match.*rerun notebook 06"):
+        reports.read_results("06_generation/generation")
+    reports.write_results("06_generation/generation", {})  # sealed, but not what notebook 06 writes
+    with pytest.raises(ValueError, match=r"06_generation/generation.json: not the shape 06_generation reads"):
+        build(reports, "06_generation")
 
 
 # ----------------------------------------------------------------------------- checkpoints

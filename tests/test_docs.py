@@ -37,3 +37,20 @@ def test_every_function_of_the_equation_table_exists():
         for part in name.split("."):
             assert hasattr(obj, part), f"docs/method.md names {path}:{name}, which does not exist"
             obj = getattr(obj, part)
+
+
+def test_pyproject_depends_on_exactly_the_pinned_requirements():
+    """`pip install -e .` gives a CLI with its libraries: pyproject's dependencies are
+    requirements.txt's pins, one for one."""
+    import tomllib
+
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert deps == pins
+
+
+def test_the_standard_files_are_there():
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert "cff-version" in cff and "2411.07021" in cff

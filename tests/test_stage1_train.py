@@ -142,3 +142,21 @@ def test_the_generator_trains_in_the_same_loop_two_processes_matching_one_with_a
     _, backbone, _ = make_generator_setup(2)
     init = lora_state(backbone.model, "generator")
     assert set(one) == set(init) and any(not torch.equal(one[k], init[k]) for k in one)
+
+
+def test_a_checkpoint_also_loads_with_peft_from_pretrained(tmp_path):
+    """Every checkpoint carries the adapter in peft's own layout: `PeftModel.from_pretrained` on the
+    base model gives the trained weights back."""
+    from peft import PeftModel
+
+    from invar_rag_lib.llm.weights import tiny_llama
+    from invar_rag_lib.training import lora_state
+
+    weights, _ = run_script(tmp_path, accum=2)
+    folder = tmp_path / "checkpoint-latest" / "peft" / "retriever"
+    assert (folder / "adapter_config.json").exists()
+    loaded = PeftModel.from_pretrained(tiny_llama(seed=0), str(folder), adapter_name="retriever")
+    state = lora_state(loaded, "retriever")
+    assert set(state) == set(weights)
+    for k, v in weights.items():
+        torch.testing.assert_close(state[k], v, atol=0, rtol=0)

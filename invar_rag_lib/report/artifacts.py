@@ -256,9 +256,15 @@ def build(reports: Reports, stem: str):
 
     art = get(stem)
     res = [reports.read_results(name) for name in art.results]
-    obj = art.make(*res)
+    try:
+        obj = art.make(*res)
+        caption = art.caption(*res) if art.kind == "table" and art.caption else ""
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        files = ", ".join(reports.relative(reports.results_path(n)) for n in art.results)
+        raise ValueError(f"{files}: not the shape {stem} reads (missing or wrong entry {e}); rerun the notebook "
+                         "that writes it, with this version of the code") from None
     if art.kind == "table":
-        reports.write_table(obj, stem, caption=art.caption(*res) if art.caption else "")
+        reports.write_table(obj, stem, caption=caption)
         return obj
     paths = reports.save_figure(obj, stem)
     plt.close(obj)
@@ -266,15 +272,16 @@ def build(reports: Reports, stem: str):
 
 
 def show(reports: Reports, stem: str):
-    """`build`, returning something a notebook displays: the table, or the figure's PNG."""
+    """`build`, returning something a notebook displays: a table as its markdown with its caption
+    (never cut by pandas' column width), or the figure's PNG."""
     out = build(reports, stem)
-    if get(stem).kind == "table":
-        return out
     try:
-        from IPython.display import Image
+        from IPython.display import Image, Markdown
     except ImportError:  # a headless run on a machine without IPython (invar_rag_lib/headless.py)
-        from .display import Image
+        from .display import Image, Markdown
 
+    if get(stem).kind == "table":
+        return Markdown((reports.root / "tables" / f"{stem}.md").read_text())
     return Image(filename=str(out["png"]))
 
 

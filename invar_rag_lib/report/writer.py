@@ -65,17 +65,32 @@ class Reports:
         return self.root / "results" / f"{name}.json"
 
     def write_results(self, name: str, payload: dict) -> Path:
-        return atomic_write_json(self.results_path(name), {"provenance": provenance(self.profile), **payload})
+        """The results JSON with its provenance, sealed like a cache (a `.sha256` digest beside it), so
+        a results file edited or damaged after the run is refused by `read_results`, never re-tabled."""
+        from ..integrity import write_sealed
+
+        obj = {"provenance": provenance(self.profile), **payload}
+        return write_sealed(self.results_path(name), (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
+                                                      + "\n").encode())
 
     def read_results(self, name: str) -> dict:
+        from ..integrity import IntegrityError, read_sealed
+
         path = self.results_path(name)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first")
+        notebook = name.split("_")[0]
         try:
-            return json.loads(path.read_text())
+            obj = json.loads(read_sealed(path).decode("utf-8"))
+        except IntegrityError as e:
+            raise IntegrityError(path, f"{e.reason}: results are written by their notebook only; restore the file "
+                                 f"(git checkout) or rerun notebook {notebook}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); restore it (git checkout) or rerun the "
-                             "notebook that writes it") from None
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it (git checkout) or rerun notebook "
+                             f"{notebook}") from None
+        if not isinstance(obj, dict) or "provenance" not in obj:
+            raise ValueError(f"{path} is not a results file (no provenance); restore it or rerun notebook {notebook}")
+        return obj
 
     def write_table(self, df, stem: str, caption: str = "") -> dict[str, Path]:
         base = self.root / "tables" / stem
@@ -89,10 +104,14 @@ class Reports:
     def save_figure(self, fig, stem: str) -> dict[str, Path]:
         base = self.root / "figures" / stem
         out = {}
-        for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight", metadata=meta)
-            out[fmt] = atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue())
+        import matplotlib
+
+        # TrueType (Type 42) fonts in the PDF, as journals ask, instead of Type 3 bitmaps.
+        with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+            for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+                buf = io.BytesIO()
+                fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
+                out[fmt] = atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue())
         return out
 
 
