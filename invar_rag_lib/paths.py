@@ -89,5 +89,5 @@ def find_sources(explicit: str | Path | None = None) -> Path:
     raise SourcesNotFound(
         "could not find the raw data sources. Looked in:\n" + "\n".join(looked)
         + f"\nRun `invar-rag data fetch` (downloads them into data/sources/), pass --sources DIR, "
-        f"set ${SOURCES_ENV}, or place the files under data/sources/ (layout as in SOURCES.md)."
+        f"set ${SOURCES_ENV}, or place the files under data/sources/ (layout and origins: data/SOURCES.md in this repository)."
     )

@@ -46,7 +46,7 @@ class _Lines:
             except (EOFError, OSError, UnicodeDecodeError, zlib.error) as exc:
                 raise SourceFormatError(
                     f"{self.path}:{self.lineno + 1}: the file is truncated or damaged ({type(exc).__name__}: "
-                    f"{exc}); download it again (see SOURCES.md)") from None
+                    f"{exc}); download it again (`invar-rag data fetch --force`; origins in data/SOURCES.md)") from None
             if not line:
                 return
             self.lineno += 1
