@@ -80,6 +80,8 @@ def failed_run(tmp_path_factory):
         mp.delenv(SOURCES_ENV, raising=False)
         mp.delenv("PYTHONHASHSEED", raising=False)
         mp.setattr(reproduce, "notebooks_dir", lambda: nb_dir)
+        # these toy notebooks need no benchmark (ensure_benchmark has its own test)
+        mp.setattr(reproduce, "ensure_benchmark", lambda *a, **k: None)
         with pytest.raises(NotebookFailed) as info:
             run_notebooks("smoke", log=lambda *a: None)
         hashseed_after = os.environ.get("PYTHONHASHSEED")
@@ -140,3 +142,20 @@ def test_runner_success_records_timings(tmp_path, isolated_home, monkeypatch):
     assert (reports / "executed" / "00_only.ipynb").is_file()
     saved = json.loads((reports / "results" / "timings.json").read_text())
     assert saved["00_only"]["wall_s"] == timings["00_only"]
+
+
+def test_ensure_benchmark_builds_a_missing_benchmark_only_when_notebook_00_is_not_run(tmp_path, monkeypatch):
+    from invar_rag_lib import data
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    built, said = [], []
+    monkeypatch.setattr(data, "prepare_benchmark", lambda profile, log=print: built.append(profile.name))
+    reproduce.ensure_benchmark("smoke", [Path("00_data.ipynb"), Path("02_x.ipynb")], said.append)
+    assert built == [] and said == []  # notebook 00 builds it itself
+    reproduce.ensure_benchmark("smoke", [Path("02_x.ipynb")], said.append)
+    assert built == ["smoke"] and "building it first" in said[0]
+    manifest = tmp_path / "data" / "processed" / "smoke" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    reproduce.ensure_benchmark("smoke", [Path("02_x.ipynb")], said.append)
+    assert built == ["smoke"]  # present: nothing rebuilt
