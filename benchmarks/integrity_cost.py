@@ -22,6 +22,7 @@ FILES = {"embeddings": "cache/embeddings/*.npz", "trunk states": "cache/trunk/*/
          "generator trunk states": "cache/trunk-generator/*/shard-*.safetensors", "runs": "runs/{profile}/*.json"}
 FOLDERS = {"BM25 indexes": "cache/indexes/bm25-*", "converted model": "cache/models/*",
            "benchmark": "processed/{profile}", "checkpoints": "checkpoints/{profile}/**/checkpoint-latest"}
+FOLDER_KIND = {"BM25 indexes": "bm25", "converted model": "model", "benchmark": "benchmark", "checkpoints": "checkpoint"}
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         for p in paths:
             try:
                 if p.is_dir():
-                    check_dir(p)
+                    check_dir(p, FOLDER_KIND[kind])
                     mb += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e6
                 else:
                     read_sealed(p)

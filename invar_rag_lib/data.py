@@ -135,7 +135,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
         try:
-            check_dir(out)
+            check_dir(out, "benchmark")
             old = json.loads(manifest_path.read_text())
         except (IntegrityError, json.JSONDecodeError) as e:
             log(f"benchmark {out} is damaged ({getattr(e, 'reason', e)}); rebuilding it")
@@ -150,7 +150,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         manifest = _save(built, tmp, profile, source_dir, inputs, key)
-        seal_dir(tmp)
+        seal_dir(tmp, "benchmark")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -355,7 +355,7 @@ def load_benchmark(profile_name: str, path: str | Path | None = None) -> Benchma
             f"no benchmark at {root}: run `invar-rag data prepare --profile {profile_name}` first"
         )
     try:
-        check_dir(root)
+        check_dir(root, "benchmark")
     except IntegrityError as e:
         raise IntegrityError(e.path, f"{e.reason}; rebuild the benchmark with "
                              f"`invar-rag data prepare --profile {profile_name} --force`") from e

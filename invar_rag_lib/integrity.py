@@ -4,8 +4,10 @@
   with `write_sealed`: the bytes atomically, then a sidecar `<name>.sha256` with their digest.
   `read_sealed` returns the bytes only if they hash to the recorded digest.
 - A **folder** artifact (BM25 index, converted model, built benchmark, checkpoints) gets a
-  `MANIFEST.sha256` listing the digest of every file in it, written last (`seal_dir`);
-  `check_dir` verifies every listed file and that none is missing.
+  `MANIFEST.sha256` listing the digest of every file in it, written last (`seal_dir`), under a
+  header that names the folder's kind and seals the list; `check_dir` refuses a manifest that is
+  missing, garbled, unsealed, cut, emptied or of another kind, a folder missing a file its kind
+  requires, a file the manifest does not list, and any listed file that is missing or altered.
 
 A missing digest counts as damage: the artifact was interrupted or written by a version that did
 not seal it, so it cannot be trusted. Callers decide what damage means: a cache is reported with
@@ -105,24 +107,74 @@ def remove_sealed(path: str | Path) -> None:
     digest_path(path).unlink(missing_ok=True)
 
 
-def seal_dir(folder: str | Path) -> Path:
-    """Record the digest of every file under `folder` in its MANIFEST.sha256 (written last)."""
+# The files each kind of folder must hold, whatever its manifest says: an emptied or cut manifest
+# cannot make a folder without them valid.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "benchmark": ("manifest.json", "corpus/dataset_info.json"),
+    "model": ("complete.json", "config.json", "model.safetensors", "tokenizer.json"),
+    "bm25": ("settings.json", "ids.json", "params.index.json"),
+    "checkpoint": ("state.json", "adapter.safetensors", "optimizer.pt", "rng.json", "rng.safetensors"),
+}
+_HEADER = "# invar-rag manifest v1"
+
+
+def _body_digest(lines: list[str]) -> str:
+    return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+
+
+def seal_dir(folder: str | Path, kind: str) -> Path:
+    """Record the digest of every file under `folder` in its MANIFEST.sha256 (written last). The
+    manifest's first line names the folder's kind and seals the lines below it."""
     folder = Path(folder)
+    if kind not in REQUIRED:
+        raise ValueError(f"unknown folder kind {kind!r}; one of {sorted(REQUIRED)}")
     lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}"
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
-    return atomic_write_text(folder / MANIFEST, "\n".join(lines) + "\n")
+    header = f"{_HEADER} kind={kind} files={len(lines)} sha256={_body_digest(lines)}"
+    return atomic_write_text(folder / MANIFEST, "\n".join([header, *lines]) + "\n")
 
 
-def check_dir(folder: str | Path) -> None:
-    """Verify every file that `folder`'s manifest lists; `IntegrityError` names the first bad one."""
-    folder = Path(folder)
+def _manifest_entries(folder: Path, kind: str) -> dict[str, str]:
+    """relative path -> digest, from a manifest that parses, is sealed and is of this kind."""
     manifest = folder / MANIFEST
-    if not manifest.exists():
+    if not manifest.is_file():
         raise IntegrityError(folder, f"no {MANIFEST} (an interrupted or unsealed write)")
-    for line in manifest.read_text().splitlines():
-        if not line.strip():
-            continue
-        expected, rel = line.split("  ", 1)
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise IntegrityError(manifest, f"unreadable manifest ({e.__class__.__name__})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith(_HEADER):
+        raise IntegrityError(manifest, "no sealed header (an unsealed manifest, or one written by an older "
+                                       "invar-rag): the folder cannot be trusted")
+    fields = dict(f.split("=", 1) for f in lines[0][len(_HEADER):].split() if "=" in f)
+    body = lines[1:]
+    if fields.get("sha256") != _body_digest(body) or fields.get("files") != str(len(body)):
+        raise IntegrityError(manifest, "its lines do not match its sealed header (edited, cut or emptied)")
+    if fields.get("kind") != kind:
+        raise IntegrityError(manifest, f"seals a {fields.get('kind')!r} folder, not a {kind!r} one")
+    entries = {}
+    for n, line in enumerate(body, start=2):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or not rel or rel.startswith("/") or ".." in Path(rel).parts:
+            raise IntegrityError(manifest, f"line {n} is not '<sha256>  <relative path>'")
+        entries[rel] = digest
+    return entries
+
+
+def check_dir(folder: str | Path, kind: str) -> None:
+    """Verify `folder` against its manifest: sealed, of this kind, listing every file the folder holds
+    and every file the kind requires, each with its recorded digest. `IntegrityError` names the
+    first bad file."""
+    folder = Path(folder)
+    entries = _manifest_entries(folder, kind)
+    for rel in REQUIRED[kind]:
+        if rel not in entries:
+            raise IntegrityError(folder / rel, f"a {kind} folder needs it, and its manifest does not list it")
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if unlisted := sorted(present - set(entries)):
+        raise IntegrityError(folder / unlisted[0], "present but not in the manifest (added after sealing)")
+    for rel, expected in entries.items():
         path = folder / rel
         if not path.is_file():
             raise IntegrityError(path, "listed in the manifest but missing")

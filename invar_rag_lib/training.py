@@ -110,7 +110,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
         save_file(tensors, str(tmp / "rng.safetensors"))
         atomic_write_json(tmp / "rng.json", plain)
         atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
-        seal_dir(tmp)
+        seal_dir(tmp, "checkpoint")
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,7 +129,7 @@ def config_diff(saved, current, prefix: str = "") -> list[str]:
 
 def _verified_state(path: Path) -> dict:
     try:
-        check_dir(path)
+        check_dir(path, "checkpoint")
         return json.loads((path / "state.json").read_text())
     except (IntegrityError, json.JSONDecodeError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged ({e}); delete that folder "

@@ -41,16 +41,68 @@ def test_a_sealed_file_that_changed_is_reported_with_its_path(tmp_path, damage):
     assert str(path) in messages[0] and "rebuilding" in messages[0] and not path.exists()
 
 
+def _sealed_bm25_folder(tmp_path):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "w.bin").write_bytes(b"\x00" * 100)
+    for name in ("settings.json", "ids.json", "params.index.json"):
+        (d / name).write_text("{}")
+    seal_dir(d, "bm25")
+    return d
+
+
 def test_a_sealed_folder_names_the_damaged_file(tmp_path):
     from invar_rag_lib.integrity import check_dir
 
-    (tmp_path / "d" / "sub").mkdir(parents=True)
-    (tmp_path / "d" / "sub" / "w.bin").write_bytes(b"\x00" * 100)
-    seal_dir(tmp_path / "d")
-    check_dir(tmp_path / "d")
-    _same_size_other_bytes(tmp_path / "d" / "sub" / "w.bin")
+    d = _sealed_bm25_folder(tmp_path)
+    check_dir(d, "bm25")
+    _same_size_other_bytes(d / "sub" / "w.bin")
     with pytest.raises(IntegrityError, match="w.bin"):
-        check_dir(tmp_path / "d")
+        check_dir(d, "bm25")
+
+
+@pytest.mark.parametrize("case", ["deleted", "emptied", "cut", "random bytes", "garbled line", "old format",
+                                  "other kind", "unlisted file", "required file unlisted"])
+def test_a_folder_manifest_cannot_lie(tmp_path, case):
+    """Issue 25: a folder is valid only if its manifest is present, parses, is sealed, is of the folder's
+    kind and lists every file the folder holds and its kind requires."""
+    from invar_rag_lib.integrity import MANIFEST, check_dir
+
+    d = _sealed_bm25_folder(tmp_path)
+    m = d / MANIFEST
+    lines = m.read_text().splitlines()
+    if case == "deleted":
+        m.unlink()
+    elif case == "emptied":
+        m.write_text("")
+    elif case == "cut":
+        m.write_text("\n".join(lines[:-1]) + "\n")
+    elif case == "random bytes":
+        m.write_bytes(bytes(range(256)) * 4)
+    elif case == "garbled line":
+        m.write_text("\n".join([lines[0], "not a manifest line", *lines[2:]]) + "\n")
+    elif case == "old format":
+        m.write_text("\n".join(lines[1:]) + "\n")  # the pre-seal format: digests without a header
+    elif case == "other kind":
+        m.write_text(m.read_text().replace("kind=bm25", "kind=model"))
+    elif case == "unlisted file":
+        (d / "extra.bin").write_bytes(b"x")
+    elif case == "required file unlisted":
+        (d / "ids.json").unlink()
+        seal_dir(d, "bm25")  # a properly sealed folder that lacks a file its kind needs
+    with pytest.raises(IntegrityError) as info:
+        check_dir(d, "bm25")
+    assert str(d) in str(info.value)  # names the folder (or the file in it)
+
+
+def test_a_forged_empty_manifest_still_fails_on_the_files_it_hides(tmp_path):
+    """Even a correctly re-sealed empty manifest is refused: the folder's files are not listed."""
+    from invar_rag_lib.integrity import MANIFEST, _body_digest, check_dir
+
+    d = _sealed_bm25_folder(tmp_path)
+    (d / MANIFEST).write_text(f"# invar-rag manifest v1 kind=bm25 files=0 sha256={_body_digest([])}\n")
+    with pytest.raises(IntegrityError, match="does not list it"):
+        check_dir(d, "bm25")
 
 
 # ----------------------------------------------------------------------------- each cache kind

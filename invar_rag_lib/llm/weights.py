@@ -178,7 +178,7 @@ def _cache_state(d: Path, gguf_sha: str) -> str:
     them, and it catches a truncated or edited file that a size check would miss.
     """
     try:
-        check_dir(d)
+        check_dir(d, "model")
         marker = json.loads((d / MARKER).read_text())
         return "valid" if marker["gguf"]["sha256"] == gguf_sha else "stale"
     except (IntegrityError, OSError, ValueError, KeyError, TypeError):
@@ -213,7 +213,7 @@ def ensure_smollm2_fp32(cache_root: Path | None = None, gguf_path: Path | None =
             _convert_gguf(gguf_path, tmp)
             atomic_write_json(tmp / MARKER, {"gguf": {
                 "name": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": gguf_sha}})
-            seal_dir(tmp)
+            seal_dir(tmp, "model")
             return replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

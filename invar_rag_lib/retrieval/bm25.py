@@ -79,7 +79,7 @@ class BM25Retriever:
             self.tokenizer.save_vocab(str(tmp))
             (tmp / "settings.json").write_text(json.dumps(self.settings, sort_keys=True))
             (tmp / "ids.json").write_text(json.dumps(self.ids))
-            seal_dir(tmp)  # the manifest, written last, marks completeness
+            seal_dir(tmp, "bm25")  # the manifest, written last, marks completeness
             replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -89,7 +89,7 @@ class BM25Retriever:
     def load(cls, path: str | Path) -> "BM25Retriever":
         bm25s = _bm25s()
         path = Path(path)
-        check_dir(path)
+        check_dir(path, "bm25")
         settings = json.loads((path / "settings.json").read_text())
         tokenizer = cls._tokenizer(settings)
         tokenizer.load_vocab(str(path))
