@@ -28,7 +28,7 @@ from .paths import SOURCE_FILES, find_sources, processed_dir, shown
 from . import sources as src
 
 # Bump when the build logic changes, so cached builds are redone.
-BUILD_VERSION = "2"  # 2: WikiQA sentences lose leftover CSV quoting
+BUILD_VERSION = "3"  # 2: WikiQA sentences lose leftover CSV quoting; 3: training aliases that normalise to nothing dropped
 TRAIN_SOURCES = {
     "tqa_dev": "TriviaQA dev (DPR split of TQA train): stand-in for FreebaseQA",
     "nq_gold": "NQ-open questions with their gold passage, none in any eval sample: stand-in for MS MARCO",
@@ -130,7 +130,7 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     """Build (or reuse) the benchmark for `profile`; returns the manifest."""
     source_dir = find_sources(sources)
     out = Path(out_dir) if out_dir else processed_dir(profile.name)
-    inputs = {name: sha256_content(source_dir / rel) for name, rel in SOURCE_FILES.items()}
+    inputs = {name: _content_digest(source_dir / rel) for name, rel in SOURCE_FILES.items()}
     key = build_key(profile, inputs)
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
@@ -157,6 +157,18 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
         raise
     log(f"wrote {shown(out)} ({manifest['counts']['corpus']['total']} passages)")
     return manifest
+
+
+def _content_digest(path: Path) -> str:
+    """The source's content digest; a truncated or damaged archive is named, not a bare EOFError."""
+    import gzip
+    import zlib
+
+    try:
+        return sha256_content(path)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
+        raise src.SourceFormatError(f"{path}: the file is truncated or damaged ({type(e).__name__}: {e}); download "
+                                    "it again (`invar-rag data fetch --force`; origins in data/SOURCES.md)") from None
 
 
 def _build(profile: Profile, source_dir: Path, log=print) -> dict:

@@ -89,10 +89,11 @@ def undo_csv_quoting(text: str) -> str:
 
 
 def _check_answers(answers, path, lineno, key, scorable: bool = False) -> list[str]:
-    """The non-blank gold answers; a question with none is an error. With `scorable` (evaluation
-    samples) an alias that SQuAD-normalises to "" (such as "---" or ")") is dropped as well, since
-    an empty prediction would match it; a question left with no alias gets an empty list, and the
-    benchmark build leaves it out and names it (`data._build`)."""
+    """The usable gold answers; a question with none is an error. An alias that SQuAD-normalises to ""
+    (such as "---", "." or ")") is dropped too: an empty answer would match every passage and every
+    prediction. An evaluation sample (`scorable`) left with no alias gets an empty list, and the
+    benchmark build leaves it out and names it (`data._build`); a training question left with none
+    is refused."""
     from .metrics import normalize_answer
 
     if isinstance(answers, str):
@@ -103,7 +104,26 @@ def _check_answers(answers, path, lineno, key, scorable: bool = False) -> list[s
             f"{path}:{lineno}: question without answers (key {key!r} is {answers!r}); "
             "every evaluation and training question needs at least one gold answer"
         )
-    return [a for a in good if normalize_answer(a)] if scorable else good
+    usable = [a for a in good if normalize_answer(a)]
+    if not usable and not scorable:
+        raise SourceFormatError(
+            f"{path}:{lineno}: every answer ({good!r}) normalises to nothing (punctuation or articles only), "
+            "so it would match every passage; fix or remove that line")
+    return usable
+
+
+def _question(value, path, lineno, key: str = "question") -> str:
+    """A question as text; null, a non-string or a blank question is refused."""
+    if not isinstance(value, str) or not value.strip():
+        raise SourceFormatError(f"{path}:{lineno}: key {key!r} is {value!r}, not a question; fix or remove that line")
+    return value.strip()
+
+
+def _nonempty(records: list, path) -> list:
+    if not records:
+        raise SourceFormatError(f"{path}: no records (an empty or truncated file); download it again "
+                                "(`invar-rag data fetch --force`; origins in data/SOURCES.md)")
+    return records
 
 
 def _require(record: dict, keys, path, lineno) -> None:
@@ -115,16 +135,20 @@ def _require(record: dict, keys, path, lineno) -> None:
 
 def read_flashrag_sample(path: str | Path) -> list[dict]:
     """FlashRAG-format QA records: {id, question, golden_answers[, metadata]}."""
-    out = []
+    out, seen = [], {}
     for lineno, r in iter_jsonl(path):
         _require(r, ("id", "question", "golden_answers"), path, lineno)
+        if str(r["id"]) in seen:
+            raise SourceFormatError(f"{path}:{lineno}: id {r['id']!r} already used on line {seen[str(r['id'])]}; "
+                                    "every question needs its own id")
+        seen[str(r["id"])] = lineno
         out.append({
             "source_id": str(r["id"]),
-            "question": undo_csv_quoting(str(r["question"]).strip()),
+            "question": undo_csv_quoting(_question(r["question"], path, lineno)),
             "golden_answers": _check_answers(r["golden_answers"], path, lineno, "golden_answers", scorable=True),
             "metadata": r.get("metadata") or {}, "line": lineno,
         })
-    return out
+    return _nonempty(out, path)
 
 
 def read_dpr_topics(path: str | Path) -> list[dict]:
@@ -140,9 +164,9 @@ def read_dpr_topics(path: str | Path) -> list[dict]:
                 answers = ast.literal_eval(row[1])
             except (ValueError, SyntaxError):
                 raise SourceFormatError(f"{path}:{lineno}: answers field is not a Python list: {row[1][:80]!r}") from None
-            out.append({"question": undo_csv_quoting(row[0].strip()),
+            out.append({"question": undo_csv_quoting(_question(row[0], path, lineno)),
                         "golden_answers": _check_answers(answers, path, lineno, "answers")})
-    return out
+    return _nonempty(out, path)
 
 
 def read_nq_oracle(path: str | Path) -> list[dict]:
@@ -155,11 +179,11 @@ def read_nq_oracle(path: str | Path) -> list[dict]:
         if not gold:
             raise SourceFormatError(f"{path}:{lineno}: no gold passage in 'ctxs'")
         out.append({
-            "question": str(r["question"]).strip(),
+            "question": _question(r["question"], path, lineno),
             "golden_answers": _check_answers(r.get("answers"), path, lineno, "answers"),
             "gold_title": gold[0]["title"], "gold_text": gold[0]["text"],
         })
-    return out
+    return _nonempty(out, path)
 
 
 def clean_dpr_title(title: str) -> str:
@@ -177,7 +201,7 @@ def read_r1_passages(path: str | Path) -> list[dict]:
         out.append({"title": clean_dpr_title(r.get("title", "")),
                     "text": r["text"].replace('""', '"'),
                     "retrieved_for": list(r["retrieved_for"])})
-    return out
+    return _nonempty(out, path)
 
 
 def read_wikiqa_train(path: str | Path) -> list[dict]:
@@ -197,9 +221,10 @@ def read_wikiqa_train(path: str | Path) -> list[dict]:
                 raise SourceFormatError(f"{path}:{lineno}: expected 5 or 7 columns, got {len(row)}")
             if label not in ("0", "1"):
                 raise SourceFormatError(f"{path}:{lineno}: label must be 0 or 1, got {label!r}")
-            g = groups.setdefault(question.strip(), {"question": question.strip(), "positives": [], "negatives": []})
+            question = _question(question, path, lineno, "Question")
+            g = groups.setdefault(question, {"question": question.strip(), "positives": [], "negatives": []})
             (g["positives"] if label == "1" else g["negatives"]).append(undo_csv_quoting(sentence.strip()))
-    return list(groups.values())
+    return _nonempty(list(groups.values()), path)
 
 
 def read_wiki_summaries(path: str | Path) -> list[dict]:
@@ -208,5 +233,7 @@ def read_wiki_summaries(path: str | Path) -> list[dict]:
             data = json.loads("".join(f))
         except json.JSONDecodeError as exc:
             raise SourceFormatError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    return [{"title": v.get("title", k), "text": v["extract"]} for k, v in data.items()
-            if isinstance(v, dict) and v.get("extract")]
+    if not isinstance(data, dict):
+        raise SourceFormatError(f"{path}:1: expected a JSON object of title -> summary, got {type(data).__name__}")
+    return _nonempty([{"title": v.get("title", k), "text": v["extract"]} for k, v in data.items()
+                      if isinstance(v, dict) and v.get("extract")], path)

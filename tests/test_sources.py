@@ -136,7 +136,7 @@ def test_dpr_topics_csv_quoting(tmp_path):
 
 def test_dpr_topics_wrong_field_count_names_the_line(tmp_path):
     path = tmp_path / "topics.txt"
-    path.write_text("q1?\t['a']\nq2?\t['b']\textra\n")
+    path.write_text("q1?\t['x']\nq2?\t['y']\textra\n")
     with pytest.raises(SourceFormatError, match=rf"{path}:2: expected 2 tab-separated fields, got 3"):
         read_dpr_topics(path)
 
@@ -155,10 +155,10 @@ def test_dpr_topics_doubly_quoted_question_is_unquoted(tmp_path):
 
 def test_dpr_topics_bad_answers_field(tmp_path):
     path = tmp_path / "topics.txt"
-    path.write_text("q1?\t['a']\nq2?\tnot a list\n")
+    path.write_text("q1?\t['x']\nq2?\tnot a list\n")
     with pytest.raises(SourceFormatError, match=rf"{path}:2: answers field is not a Python list"):
         read_dpr_topics(path)
-    path.write_text("q1?\t['a']\nq2?\t[]\n")
+    path.write_text("q1?\t['x']\nq2?\t[]\n")
     with pytest.raises(SourceFormatError, match=rf"{path}:2: question without answers"):
         read_dpr_topics(path)
 
@@ -343,3 +343,58 @@ def test_oracle_line_without_question_names_file_and_line(tmp_path):
     path.write_text(json.dumps({"answers": ["x"], "ctxs": [{"isgold": True, "title": "t", "text": "x"}]}) + "\n")
     with pytest.raises(SourceFormatError, match=rf"{path}:1: missing key\(s\) \['question'\]"):
         read_nq_oracle(path)
+
+
+# ----------------------------------------------------------------------------- refused at the door (issue 25)
+@pytest.mark.parametrize("question", [None, "", "   ", 42])
+def test_null_empty_or_non_text_question_is_refused_with_file_and_line(tmp_path, question):
+    path = tmp_path / "s.jsonl"
+    path.write_text(_lines({"id": "1", "question": "ok?", "golden_answers": ["a"]},
+                           {"id": "2", "question": question, "golden_answers": ["a"]}))
+    with pytest.raises(SourceFormatError, match=rf"{path}:2: key 'question' is"):
+        read_flashrag_sample(path)
+
+
+def test_duplicate_id_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(_lines({"id": "7", "question": "a?", "golden_answers": ["a"]},
+                           {"id": "8", "question": "b?", "golden_answers": ["b"]},
+                           {"id": "7", "question": "c?", "golden_answers": ["c"]}))
+    with pytest.raises(SourceFormatError, match=rf"{path}:3: id '7' already used on line 1"):
+        read_flashrag_sample(path)
+
+
+def test_training_answer_that_normalises_to_nothing_is_dropped_and_an_answerless_question_refused(tmp_path):
+    gold = [{"isgold": True, "title": "t", "text": "Paris. A city."}]
+    path = tmp_path / "o.jsonl"
+    path.write_text(_lines({"question": "capital?", "answers": [".", "Paris"], "ctxs": gold}))
+    assert read_nq_oracle(path)[0]["golden_answers"] == ["Paris"]  # "." would match every passage with a period
+    path.write_text(_lines({"question": "capital?", "answers": ["Paris"], "ctxs": gold},
+                           {"question": "symbol?", "answers": [".", "the"], "ctxs": gold}))
+    with pytest.raises(SourceFormatError, match=rf"{path}:2: every answer .* normalises to nothing"):
+        read_nq_oracle(path)
+    topics = tmp_path / "t.tsv"
+    topics.write_text("what?\t['---']\n")
+    with pytest.raises(SourceFormatError, match=rf"{topics}:1: every answer"):
+        read_dpr_topics(topics)
+
+
+@pytest.mark.parametrize("reader,name", [(read_flashrag_sample, "s.jsonl.gz"), (read_nq_oracle, "o.jsonl.gz"),
+                                         (read_dpr_topics, "t.txt.gz"), (read_r1_passages, "p.jsonl.gz")])
+@pytest.mark.parametrize("content", ["zero bytes", "empty gzip"])
+def test_an_empty_source_is_refused_not_built_into_an_empty_benchmark(tmp_path, reader, name, content):
+    path = tmp_path / name
+    path.write_bytes(b"" if content == "zero bytes" else gzip.compress(b""))
+    with pytest.raises(SourceFormatError, match=rf"{path}"):
+        reader(path)
+
+
+def test_a_truncated_archive_is_named_before_anything_is_built(tmp_path, monkeypatch):
+    """The build hashes each source first: a cut .gz is a SourceFormatError naming it, not a bare EOFError."""
+    from invar_rag_lib.data import _content_digest
+
+    path = tmp_path / "s.jsonl.gz"
+    data = gzip.compress("".join(f'{{"id": "{i}"}}\n' for i in range(5000)).encode())
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceFormatError, match=rf"{path}: the file is truncated or damaged"):
+        _content_digest(path)
