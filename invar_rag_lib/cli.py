@@ -8,12 +8,13 @@ from pathlib import Path
 
 from .config import ConfigError, available_profiles, load_profile
 from .integrity import CheckpointError, IntegrityError
+from .io_utils import DiskFull
 from .paths import SourcesNotFound
 from .sources import SourceFormatError
 
 # Errors that mean "the input or the state on disk needs the user's attention": one line, exit 2.
 USER_ERRORS = (ConfigError, SourcesNotFound, SourceFormatError, IntegrityError, CheckpointError, ValueError,
-               FileNotFoundError, PermissionError, RuntimeError)
+               FileNotFoundError, PermissionError, RuntimeError, DiskFull)
 
 
 def _parse_param(text: str) -> tuple[str, object]:
@@ -103,6 +104,9 @@ def _train_retriever(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "profile", None) and args.profile.endswith(".toml"):
+        # a profile file is read from where the user typed it (the notebooks run in notebooks/)
+        args.profile = str(Path(args.profile).resolve())
     try:
         return _run(args)
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from .config import load_profile
 from .io_utils import atomic_write_json, atomic_write_text
 from .machine import matmul_gflops, timing_entries
 from .paths import reports_dir
-from .reproduce import NotebookFailed, RunLock, ensure_benchmark, select_notebooks
+from .reproduce import NotebookFailed, RunLock, ensure_benchmark, read_timings, select_notebooks
 
 
 class _Tee(io.TextIOBase):
@@ -61,9 +61,13 @@ def without_ipython(source: str) -> str:
 
 def code_cells(path: Path) -> list[tuple[list[str], str]]:
     """(tags, source) of every code cell of the notebook at `path`."""
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    return [(c.get("metadata", {}).get("tags", []), "".join(c["source"]))
-            for c in nb["cells"] if c["cell_type"] == "code"]
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        return [(c.get("metadata", {}).get("tags", []), "".join(c["source"]))
+                for c in nb["cells"] if c["cell_type"] == "code"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a readable notebook ({e.__class__.__name__}: {str(e)[:100]}); "
+                         f"restore it with `git checkout -- notebooks/{path.name}`") from None
 
 
 def run_cell(source: str, namespace: dict, name: str) -> None:
@@ -146,7 +150,7 @@ def run_headless(profile_name: str, only: Sequence[str] | None = None, parameter
             if ok:
                 timings[nb.stem] = round(time.perf_counter() - t0, 1)
                 log(f"  done in {timings[nb.stem]:.0f} s ({(time.perf_counter() - t_all) / 60:.1f} min so far)")
-            previous = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+            previous = read_timings(timings_path, log)
             previous.update(timing_entries(timings, gflops_start, gflops_start, os.cpu_count(), runner="headless"))
             timings_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(timings_path, previous)

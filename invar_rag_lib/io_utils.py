@@ -1,6 +1,7 @@
 """Writes that never leave a half-written file, and content hashes."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -37,12 +38,39 @@ def sha256_text(*parts: str) -> str:
     return h.hexdigest()
 
 
+class DiskFull(OSError):
+    """No space left (or over quota) while writing: names the path and what to free."""
+
+
+def disk_full(path: str | Path, exc: OSError) -> OSError:
+    """`exc` as a one-line `DiskFull` naming `path` when it is ENOSPC / EDQUOT; else `exc` itself."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    where = Path(path).parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free / 1e6
+    return DiskFull(exc.errno, f"no space left on the disk while writing {path} ({free:.0f} MB free); free some "
+                               "space (data/cache/ can be deleted: it is rebuilt) and run the same command again")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Turn a disk-full error inside the block into `DiskFull` naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise disk_full(path, e) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with writing(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -51,6 +79,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class ExclusiveLock:
+    """An exclusive `fcntl` lock on `path`, which holds the holder's pid. The OS drops the lock when
+    its process dies, so a lock file left by a killed process is stale and is simply taken over.
+    `busy` is the message of the RuntimeError raised when another live process holds it ({pid})."""
+
+    def __init__(self, path: str | Path, busy: str):
+        self.path, self.busy = Path(path), busy
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "unknown"
+            self.f.close()
+            raise RuntimeError(self.busy.format(pid=holder, lock=self.path)) from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"{os.getpid()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # releases the lock
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

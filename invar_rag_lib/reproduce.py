@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import load_profile
-from .io_utils import atomic_write_json
+from .io_utils import ExclusiveLock, atomic_write_json
 from .machine import REFERENCE_GFLOPS, matmul_gflops, timing_entries
 from .paths import repo_root, reports_dir
 
@@ -58,7 +58,11 @@ def check_parameters(books: Sequence[Path], params: dict, profile_name: str | No
         raise ValueError(f"-p profile={params['profile']!r} contradicts --profile {profile_name!r}; "
                          "choose the profile with --profile only")
     for nb in books:
-        declared = pm.inspect_notebook(str(nb))
+        try:
+            declared = pm.inspect_notebook(str(nb))
+        except Exception as e:  # noqa: BLE001 - nbformat's errors name no file
+            raise ValueError(f"{nb}: not a readable notebook ({e.__class__.__name__}: {str(e).splitlines()[0][:100]}); "
+                             f"restore it with `git checkout -- notebooks/{nb.name}`") from None
         unknown = sorted(set(params) - set(declared))
         if unknown:
             raise ValueError(f"{nb.name}: unknown parameter(s) {unknown}; "
@@ -77,37 +81,31 @@ def check_parameters(books: Sequence[Path], params: dict, profile_name: str | No
                                  f"{declared[name].get('default')}")
 
 
-class RunLock:
-    """One run per profile at a time: an exclusive `fcntl` lock on data/locks/<profile>.lock, which
-    holds the holder's pid. The OS drops the lock when its process dies, so a lock file left by a
-    killed run is stale and is simply taken over."""
+def read_timings(path: Path, log=print) -> dict:
+    """The previous run's timings (for estimates and merging); an unreadable file is named and set
+    aside, never a reason to refuse a run."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        return data
+    except (ValueError, UnicodeDecodeError) as e:
+        log(f"{path} is unreadable ({e.__class__.__name__}: {str(e)[:80]}); ignoring it, this run writes a new one")
+        return {}
+
+
+class RunLock(ExclusiveLock):
+    """One run per profile at a time: an exclusive lock on data/locks/<profile>.lock (a lock left by
+    a killed run is stale and is simply taken over)."""
 
     def __init__(self, profile_name: str):
         from .paths import data_dir
 
-        self.path = data_dir() / "locks" / f"{Path(profile_name).stem}.lock"
-
-    def __enter__(self):
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.f.seek(0)
-            holder = self.f.read().strip() or "unknown"
-            self.f.close()
-            raise RuntimeError(f"another run of this profile is in progress (pid {holder}, lock {self.path}); "
-                               "wait for it to finish or stop it") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"{os.getpid()}\n")
-        self.f.flush()
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()  # releases the lock
+        super().__init__(data_dir() / "locks" / f"{Path(profile_name).stem}.lock",
+                         "another run of this profile is in progress (pid {pid}, lock {lock}); "
+                         "wait for it to finish or stop it")
 
 
 def clean_leftovers(out_dir: Path, books: Sequence[Path], log=print) -> None:
@@ -245,7 +243,7 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
     clean_leftovers(out_dir, books, log)
     kernel = ensure_kernel()
     path = reports_dir(profile.reports_dir) / "results" / "timings.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = read_timings(path, log)
     if eta := _eta(previous, books):
         log(f"{len(books)} notebook(s), {eta}")
     env_backup = os.environ.get("PYTHONHASHSEED")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .integrity import CheckpointError, IntegrityError, check_dir, seal_dir
-from .io_utils import atomic_write_json, jsonable, replace_dir
+from .io_utils import ExclusiveLock, atomic_write_json, disk_full, jsonable, replace_dir
 
 CHECKPOINT = "checkpoint-latest"
 
@@ -112,6 +112,9 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
         atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
         seal_dir(tmp, "checkpoint")
         replace_dir(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_full(path, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -258,48 +261,56 @@ def train_adapter(module: torch.nn.Module, model, adapter: str, n_examples: int,
         load_adapter(model, out_dir, adapter)
         log(f"reused the finished {adapter} checkpoint in {shown(out_dir)} (same config and data)")
         return {"history": done["history"], "config": config, "reused": True}
-    if on_start is not None:
-        on_start()
     step, history = 0, []
     latest = checkpoint_path(out_dir)
-    clean_leftovers(out_dir, log)
-    if resume and (latest / "state.json").exists():
-        step, history = load_checkpoint(latest, model, optimizer, adapter, config)
-        log(f"resumed from {latest.name} at step {step}")
-    module.train()
-    bar = step_bar(total_steps, step, desc, show=accelerator.is_main_process)
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, per_epoch)
-        order = epoch_order(n_examples, seed, epoch)
-        logs_acc: list[dict] = []
-        for a in range(accum):
-            last = a == accum - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(module):
-                loss, logs = batch_loss(module, micro_batch(order, in_epoch, micro, world, rank, a, accum),
-                                        (step * accum + a) * world + rank)
-                accelerator.backward(loss / accum)  # gradients sum to the global-batch mean
-            logs_acc.append(logs)
-        accelerator.clip_grad_norm_(params, schedule.max_grad_norm)
-        lr = get_lr(step, schedule.lr, schedule.warmup_steps, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad()
-        local = torch.tensor([float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]])
-        means = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()  # over processes
-        record = {"step": step + 1, "lr": lr, **{k: float(v) for k, v in zip(logs_acc[0], means)}}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
-        bar.update()
-        step += 1
-        if step % schedule.checkpoint_every == 0 or step == total_steps:
-            if on_checkpoint is not None:
-                record.update(on_checkpoint(step))
-            if accelerator.is_main_process:
-                save_checkpoint(latest, model, optimizer, step, config, history, adapter)
-            accelerator.wait_for_everyone()
-        if stop_after is not None and step >= stop_after:
-            break
-    bar.close()
-    module.eval()
-    return {"history": history, "config": config, "reused": False}
+    # One writer per checkpoint folder: a second training into the same folder is refused.
+    lock = (ExclusiveLock(Path(out_dir) / ".training.lock",
+                          f"another training (pid {{pid}}) is writing {shown(out_dir)}; wait for it, "
+                          "or train into another folder (--out)")
+            if accelerator.is_main_process else contextlib.nullcontext())
+    with lock:
+        if on_start is not None:
+            on_start()
+        clean_leftovers(out_dir, log)
+        if resume and (latest / "state.json").exists():
+            step, history = load_checkpoint(latest, model, optimizer, adapter, config)
+            log(f"resumed from {latest.name} at step {step}")
+        elif resume:
+            log(f"--resume: no checkpoint in {shown(out_dir)}; starting at step 0")
+        module.train()
+        bar = step_bar(total_steps, step, desc, show=accelerator.is_main_process)
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, per_epoch)
+            order = epoch_order(n_examples, seed, epoch)
+            logs_acc: list[dict] = []
+            for a in range(accum):
+                last = a == accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(module):
+                    loss, logs = batch_loss(module, micro_batch(order, in_epoch, micro, world, rank, a, accum),
+                                            (step * accum + a) * world + rank)
+                    accelerator.backward(loss / accum)  # gradients sum to the global-batch mean
+                logs_acc.append(logs)
+            accelerator.clip_grad_norm_(params, schedule.max_grad_norm)
+            lr = get_lr(step, schedule.lr, schedule.warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad()
+            local = torch.tensor([float(np.mean([l[k] for l in logs_acc])) for k in logs_acc[0]])
+            means = accelerator.reduce(local.to(accelerator.device), reduction="mean").cpu()  # over processes
+            record = {"step": step + 1, "lr": lr, **{k: float(v) for k, v in zip(logs_acc[0], means)}}
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            bar.update()
+            step += 1
+            if step % schedule.checkpoint_every == 0 or step == total_steps:
+                if on_checkpoint is not None:
+                    record.update(on_checkpoint(step))
+                if accelerator.is_main_process:
+                    save_checkpoint(latest, model, optimizer, step, config, history, adapter)
+                accelerator.wait_for_everyone()
+            if stop_after is not None and step >= stop_after:
+                break
+        bar.close()
+        module.eval()
+        return {"history": history, "config": config, "reused": False}

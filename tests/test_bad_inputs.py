@@ -327,3 +327,98 @@ def test_the_suite_itself_is_offline():
     import huggingface_hub.constants as c
 
     assert c.HF_HUB_OFFLINE
+
+
+# ----------------------------------------------------------------------------- one line naming the path (issue 25)
+def _tiny_training(out_dir, resume=False, log=print):
+    from invar_rag_lib.llm.encoder import add_retriever_adapter
+    from invar_rag_lib.llm.weights import tiny_llama
+    from invar_rag_lib.training import Schedule, train_adapter
+
+    model = add_retriever_adapter(tiny_llama(seed=0), 2, 4, 8, 0.0, ["q_proj", "v_proj"])
+    ids = torch.arange(8).reshape(2, 4) % 50
+
+    def batch_loss(module, idx, micro):
+        loss = module(input_ids=ids[: len(idx)]).logits.float().pow(2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+    schedule = Schedule(lr=1e-3, weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0, batch_size=2, grad_accum=1,
+                        epochs=1, checkpoint_every=10)
+    return train_adapter(model, model, "retriever", 4, batch_loss, schedule, 0, out_dir, {"x": 1}, resume=resume,
+                         log=log)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_at_step_0(tmp_path):
+    said = []
+    result = _tiny_training(tmp_path / "run", resume=True, log=said.append)
+    assert len(result["history"]) == 2
+    assert any("--resume: no checkpoint in" in s and "starting at step 0" in s for s in said)
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path):
+    from invar_rag_lib.io_utils import ExclusiveLock
+
+    with ExclusiveLock(tmp_path / "run" / ".training.lock", "held by {pid}"):
+        with pytest.raises(RuntimeError, match=rf"another training \(pid {os.getpid()}\) is writing"):
+            _tiny_training(tmp_path / "run")
+    assert len(_tiny_training(tmp_path / "run")["history"]) == 2  # released: it trains
+
+
+def test_disk_full_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from invar_rag_lib.io_utils import DiskFull, atomic_write_text
+
+    path = tmp_path / "cache" / "x.json"
+    atomic_write_text(path, "old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFull, match=rf"no space left on the disk while writing {path} \(\d+ MB free\)"):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_disk_full_during_a_checkpoint_names_the_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from invar_rag_lib import training
+    from invar_rag_lib.io_utils import DiskFull
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "seal_dir", full)
+    with pytest.raises(DiskFull, match=r"checkpoint-latest \(\d+ MB free\)"):
+        _tiny_checkpoint(tmp_path, {"total_steps": 1})
+    assert not list(tmp_path.glob(".checkpoint-latest.tmp-*"))  # the half write is gone
+
+
+def test_an_unreadable_timings_file_is_named_and_set_aside(tmp_path):
+    path = tmp_path / "timings.json"
+    path.write_text('{"00_data": {"wall_s": 1')
+    said = []
+    assert reproduce.read_timings(path, said.append) == {}
+    assert str(path) in said[0] and "ignoring it" in said[0]
+
+
+def test_a_damaged_notebook_is_named(capsys, isolated_home, no_execution):  # noqa: F811
+    nb = isolated_home / "notebooks" / "00_x.ipynb"
+    nb.parent.mkdir(parents=True, exist_ok=True)
+    nb.write_text("{ not json")
+    assert main(["reproduce", "--profile", "smoke", "--only", "00"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "00_x.ipynb: not a readable notebook" in err[0] and "git checkout" in err[0]
+
+
+def test_a_relative_profile_path_is_read_from_where_it_was_typed(tmp_path, monkeypatch):
+    from invar_rag_lib import cli
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda args: seen.append(args.profile) or 0)
+    assert main(["report", "--profile", "../mine.toml"]) == 0
+    assert seen == [str(tmp_path / "mine.toml")]
