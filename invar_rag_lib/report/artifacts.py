@@ -28,7 +28,7 @@ class Artifact:
     results: tuple[str, ...]  # results names read, e.g. ("04_retriever/retrieval",)
     make: Callable[..., Any]  # results dicts -> DataFrame | Figure
     about: str  # one sentence for the gallery
-    caption: Callable[..., str] | None = None  # tables: results dicts -> caption
+    caption: Callable[..., str] | None = None  # results dicts -> caption (tables: in the file; figures: in the gallery)
 
 
 def _profile(r: dict) -> str:
@@ -41,6 +41,12 @@ def _ks(r: dict) -> tuple[int, ...]:
 
 def _resamples(r: dict) -> int:
     return r["provenance"]["config"]["retrieval"]["bootstrap_resamples"]
+
+
+def _ns(r: dict) -> str:
+    """The evaluated questions per dataset of a retrieval results file, e.g. '100 / 100 / 100'."""
+    first = next(iter(r["retrievers"].values()))
+    return " / ".join(str(first[ds]["n"]) for ds in first)
 
 
 def _p_caption(r: dict, what: str) -> str:
@@ -130,7 +136,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     A("00_corpus_sources", "table", ("00_data/benchmark",), corpus.corpus_table,
       "Where the corpus passages come from.", lambda r: f"Corpus by source ({_profile(r)} profile)"),
     A("00-corpus-composition", "figure", ("00_data/benchmark",), corpus.corpus_composition,
-      "Corpus composition and answer coverage per evaluation set."),
+      "Corpus composition and answer coverage per evaluation set (the share with an answer in some passage bounds acc@k).",
+      lambda r: f"{_profile(r)} profile; {r['counts']['corpus']['total']} passages"),
     A("01_retrieval_baselines", "table", ("01_baselines/retrieval",),
       lambda r: retrieval.retrieval_table(r, ks=(5, 20), significance_vs="bm25"),
       "BM25 and MiniLM over the whole corpus: the paper's Acc@5 / Acc@20 with 95% intervals († = differs from BM25, p < 0.05).",
@@ -142,7 +149,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
       lambda r: f"Baseline retrieval, acc@k (%) with 95% CI, {_profile(r)} profile, full-corpus exact search; "
                 f"{DAGGER.format('bm25')}"),
     A("01-acc-at-k", "figure", ("01_baselines/retrieval",), retrieval.acc_at_k_curves,
-      "acc@k against k for BM25 and MiniLM, with bootstrap bands and the answer-coverage ceiling."),
+      "acc@k against k for BM25 and MiniLM (exact search over the whole corpus), with the answer-coverage ceiling.",
+      lambda r: f"{_profile(r)} profile; {_ns(r)} questions (NQ / TriviaQA / PopQA)"),
     A("02_alignment_kl", "table", ("02_alignment/alignment",), _kl_table,
       "How far the LLM retriever's group distribution is from MiniLM's before and after a short L_ctr + α L_align run.",
       lambda r: f"Alignment demo ({_profile(r)} profile)"),
@@ -155,7 +163,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "LSR statistics of the training groups in each environment (original, rewrite, shorter window).",
       lambda r: f"LSR scores per environment ({_profile(r)} profile)"),
     A("03-lsr-by-environment", "figure", ("03_invariance/invariance",), retrieval.lsr_by_environment,
-      "Q_e(d|q) of positives and hard negatives per environment; the invariant share is in the title."),
+      "Q_e(d|q) of positives and hard negatives per environment (original, rewrite, shorter window).",
+      lambda r: f"{_profile(r)} profile; {r['n_groups']} training groups; {100 * r['invariant_share']:.0f}% of "
+                "passages invariant across environments"),
     A("04_retrieval_variants", "table", ("04_retriever/retrieval",),
       lambda r: retrieval.retrieval_table(r, ks=(5, 20), significance_vs="minilm"),
       "Every retriever variant of docs/method.md §1 beside BM25 and MiniLM († = differs from MiniLM, p < 0.05).",
@@ -171,7 +181,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "Stability across question rewrites: Jaccard@5 of top-5 sets ↑ and std of hit@5 ↓.",
       lambda r: f"Stability across question rewrites, top-5, {_profile(r)} profile"),
     A("04-acc-at-k", "figure", ("04_retriever/retrieval",), retrieval.acc_at_k_curves,
-      "acc@k against k for every retriever variant."),
+      "acc@k against k for every retriever variant (the LLM variants rerank MiniLM's top candidates, so at k = 100 all meet); the band is invar's 95% bootstrap interval.",
+      lambda r: f"{_profile(r)} profile; {_ns(r)} questions (NQ / TriviaQA / PopQA)"),
     A("04-stability", "figure", ("04_retriever/retrieval",), lambda r: stability.stability_bars(r, k=names.HEADLINE_K),
       "Stability across a question and its rewrites, per retriever: Jaccard@5 of the top-5 sets (higher = more stable) and the std of hit@5 (lower = more stable), with 95% intervals."),
     A("04-loss-curves", "figure", ("04_retriever/retrieval",), retrieval.loss_curves,
@@ -180,7 +191,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
       "What the generator adapter was trained on and how far its loss fell.",
       lambda r: f"Generator training ({_profile(r)} profile)"),
     A("05-generator-loss", "figure", ("05_generator/training",), generation.generator_loss_curve,
-      "The generator's cross-entropy on answer tokens per step, beside the base model's on the same examples."),
+      "The generator's cross-entropy on answer tokens per step, beside the base model's on the same examples.",
+      lambda r: f"{_profile(r)} profile; {r['training']['n_examples']} training examples"),
     A("05_generator_diagnostics", "table", ("05_generator/training",), generation.diagnostics_table,
       "Is the reader learning? EM and extraction rate of the base model and of the generator on the same held-out validation questions and on training questions.",
       lambda r: f"The generator before and after training, {_profile(r)} profile: base model (base prompt) vs generator "
@@ -222,7 +234,9 @@ ARTIFACTS: tuple[Artifact, ...] = (
                                                           if p["name"] != "invar" and a.get("training", {}).get(p["name"])}}),
       "Training loss and its terms per step for every ablation point trained in notebook 07 (invar's own curves are in notebook 04)."),
     A("07-ablations", "figure", ("07_ablations/ablations",), ablations.ablation_curves,
-      "acc@5 and rewrite stability (Jaccard@5) against λ and against R."),
+      "acc@5 and rewrite stability (Jaccard@5) against λ and against R (rerank, same candidates and evaluation rewrites); an axis with two points or fewer is drawn as dots, one with a single point (invar itself) is left out.",
+      lambda r: f"{_profile(r)} profile" + (f"; not run in this profile: {', '.join(r['not_run'])}"
+                                             if r.get("not_run") else "")),
     A("07_variance_claim", "table", ("04_retriever/retrieval",), stability.variance_claim_table,
       "The variance claim tested directly: invar against llm-ctr on the per-question spread of hit@5 and the Jaccard@5 to the rewrites, with paired bootstrap p-values.",
       lambda r: f"Is invar more stable across question rewrites than llm-ctr? Top-5, {_profile(r)} profile (%)"),
@@ -319,6 +333,8 @@ def write_gallery(reports: Reports, status: dict[str, str]) -> str:
         lines += [f"## {art.stem}", "", art.about, "", f"<sub>{origin}</sub>", ""]
         if art.kind == "figure":
             lines += [f"![{art.stem}](figures/{art.stem}.png)", ""]
+            if art.caption:
+                lines += [f"*{art.caption(*[reports.read_results(n) for n in art.results])}.*", ""]
         else:
             md = (reports.root / "tables" / f"{art.stem}.md").read_text()
             lines += [md, f"Also as [CSV](tables/{art.stem}.csv) and [LaTeX](tables/{art.stem}.tex).", ""]
@@ -341,7 +357,9 @@ def sync_readme(readme: Path, reports: Reports, status: dict[str, str]) -> int:
     def fill(m):
         nonlocal count
         stem = m.group(2)
-        if status.get(stem) != "ok" or (stem in BY_STEM and get(stem).kind != "table"):
+        # a benchmark's table (benchmarks/*.py write reports/tables/<stem>.md) is filled from its file
+        benchmark = stem not in BY_STEM and stem not in status and (reports.root / "tables" / f"{stem}.md").exists()
+        if not benchmark and (status.get(stem) != "ok" or (stem in BY_STEM and get(stem).kind != "table")):
             return m.group(0)
         count += 1
         return m.group(1) + (reports.root / "tables" / f"{stem}.md").read_text() + m.group(4)
@@ -397,6 +415,7 @@ def report(reports: Reports, log=print) -> dict[str, str]:
     _timings(reports, status)
     write_gallery(reports, {k: v for k, v in status.items() if k in BY_STEM})
     if reports.root.resolve() == (repo_root() / "reports").resolve():
-        for doc in (repo_root() / "README.md", repo_root() / "docs" / "results.md"):
+        for doc in (repo_root() / "README.md", repo_root() / "docs" / "results.md",
+                    repo_root() / "docs" / "generator-recipe.md"):
             sync_readme(doc, reports, status)
     return status

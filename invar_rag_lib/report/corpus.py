@@ -9,6 +9,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .names import DATASET_NAMES, ordered  # noqa: E402
+from .style import LINE, PAGE_W, dataset_colors, theme  # noqa: E402
 
 
 def benchmark_counts_table(results: dict) -> pd.DataFrame:
@@ -37,19 +38,21 @@ SOURCE_NAMES = {"wiki18": "wiki-18 passages (retrieved for eval pool)", "nqgold"
 
 def corpus_composition(results: dict):
     """00: where the corpus passages come from, and how many eval questions have an answer in it."""
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    theme()
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_W, 2.4), gridspec_kw={"width_ratios": [1.6, 1]})
     by_source = results["counts"]["corpus"]["by_source"]
     df = pd.DataFrame({"source": [SOURCE_NAMES.get(s, s) for s in by_source], "passages": list(by_source.values())})
-    sns.barplot(data=df, y="source", x="passages", ax=axes[0], color="#4c72b0")
-    axes[0].set_title(f"Corpus: {results['counts']['corpus']['total']} passages")
+    sns.barplot(data=df, y="source", x="passages", ax=axes[0], color=LINE)
+    axes[0].set_title("Corpus passages by source")
     axes[0].set_ylabel("")
     ev = results["counts"]["eval"]
     df2 = pd.DataFrame({"dataset": [DATASET_NAMES.get(d, d) for d in ordered(ev)],
                         "share": [100 * ev[d]["answer_in_corpus"] / ev[d]["questions"] for d in ordered(ev)]})
-    sns.barplot(data=df2, x="dataset", y="share", ax=axes[1], color="#55a868")
+    sns.barplot(data=df2, x="dataset", y="share", ax=axes[1], hue="dataset", legend=False,
+                palette=dataset_colors(ordered(ev)))
     axes[1].set_ylim(0, 100)
-    axes[1].set_ylabel("% questions with an answer\nin some corpus passage")
-    axes[1].set_title("Answer coverage (upper bound on acc@k)")
+    axes[1].set_ylabel("questions with an answer (%)")
+    axes[1].set_xlabel("")
+    axes[1].set_title("Answer in the corpus")
     fig.tight_layout()
     return fig

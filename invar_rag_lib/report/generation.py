@@ -12,6 +12,7 @@ import seaborn as sns  # noqa: E402
 from ..results import generation  # noqa: E402
 from ..stage2 import ROWS  # noqa: E402
 from .names import DATASET_NAMES, ordered, ordered_retrievers  # noqa: E402
+from .style import COLUMN_W, LINE, PAGE_W, dataset_colors, theme  # noqa: E402
 
 
 METRIC_NAMES = {"em": "EM", "f1": "F1", "acc": "acc", "context_hit": "answer in the top-k passages",
@@ -156,21 +157,20 @@ def diagnostics_table(results: dict) -> pd.DataFrame:
 
 def generator_loss_curve(results: dict):
     """05: the generator's token cross-entropy per optimizer step."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     h = results["training"]["history"]
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(COLUMN_W, 2.3))
     steps, loss = [r["step"] for r in h], [r["loss"] for r in h]
-    ax.plot(steps, loss, color="#4c72b0", alpha=0.5, label="per step")
+    ax.plot(steps, loss, color=LINE, alpha=0.35, lw=0.8, label="per step")
     if len(loss) >= 5:
         smooth = np.convolve(loss, np.ones(5) / 5, mode="valid")
-        ax.plot(steps[4:], smooth, color="#4c72b0", label="mean of 5")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy on answer tokens")
+        ax.plot(steps[4:], smooth, color=LINE, label="rolling mean, 5 steps")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per answer token")
     base = results["training"].get("loss_on_sample", {}).get("base model")
     if base is not None:
-        ax.axhline(base, ls="--", color="grey", lw=1, label="base model, same examples")
-    ax.set_title(f"generator adapter: {results['training']['n_examples']} examples")
-    ax.legend()
+        ax.axhline(base, ls="--", color="grey", lw=0.8, label="base model, same examples")
+    ax.legend(frameon=False)
     fig.tight_layout()
     return fig
 
@@ -183,12 +183,12 @@ def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
     first = next(iter(typed.values()))
     if "window_hit" in metrics and not next(iter(first.values())).has("window_hit"):
         metrics = tuple("context_hit" if m == "window_hit" else m for m in metrics)
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     rows = generation_rows(typed)
     datasets = ordered(typed[rows[0]])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), sharey=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(PAGE_W, 2.6), sharey=False)
     axes = np.atleast_1d(axes)
-    palette = sns.color_palette("deep", len(datasets))
+    palette = dataset_colors(datasets)
     width = 0.8 / len(datasets)
     for ax, m in zip(axes, metrics):
         for j, ds in enumerate(datasets):
@@ -196,11 +196,11 @@ def generation_bars(results: dict, metrics=("em", "acc", "window_hit")):
             mean = np.array([100 * v.mean for v in vals])
             err = np.array([[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]])
             x = np.arange(len(rows)) + (j - (len(datasets) - 1) / 2) * width
-            ax.bar(x, mean, width, yerr=err, color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
-        ax.set_xticks(np.arange(len(rows)), rows, rotation=25, ha="right")
+            ax.bar(x, mean, width, yerr=err, color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=1, error_kw={"lw": 0.6})
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=35, ha="right")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{METRIC_NAMES[m]} (%)", fontsize=10)
+        ax.set_title(f"{METRIC_NAMES[m]} (%)")
     handles, labels = axes[0].get_legend_handles_labels()  # one legend, below the panels
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig

@@ -10,7 +10,7 @@ import seaborn as sns  # noqa: E402
 
 from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
-from .style import style_of  # noqa: E402
+from .style import PAGE_W, PASSAGE_COLORS, marker_of, style_of, theme  # noqa: E402
 
 
 def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = None) -> pd.DataFrame:
@@ -36,12 +36,13 @@ def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = Non
 
 
 def acc_at_k_curves(results: dict):
-    """01/04: acc@k against k for every retriever and dataset, with 95% bootstrap bands (drawn for
-    the trained variants only, so the floors and baselines stay readable); one legend below."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    """01/04: acc@k against k for every retriever and dataset; one 95% bootstrap band, for the
+    method's own retriever (`invar`, when present), so the others stay readable; the answer-coverage
+    ceiling dotted; one legend block at the right."""
+    theme()
     typed = retrievers(results)
     datasets = ordered(next(iter(typed.values())))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(PAGE_W, 2.5), sharey=True)
     axes = [axes] if len(datasets) == 1 else list(axes)
     names = ordered_retrievers(typed)
     for ax, ds in zip(axes, datasets):
@@ -50,39 +51,42 @@ def acc_at_k_curves(results: dict):
             metrics = typed[name][ds].metrics
             ks = sorted(int(key.split("@")[1]) for key in metrics)
             mean = [100 * metrics[f"acc@{k}"].mean for k in ks]
-            ax.plot(ks, mean, marker="o", ms=3, lw=1.6, ls=ls, label=display_name(name), color=color)
-            if ls == "-":
+            ax.plot(ks, mean, marker=marker_of(name), ls=ls, label=display_name(name), color=color)
+            if name == "invar":
                 ax.fill_between(ks, [100 * metrics[f"acc@{k}"].low for k in ks],
-                                [100 * metrics[f"acc@{k}"].high for k in ks], alpha=0.12, color=color)
+                                [100 * metrics[f"acc@{k}"].high for k in ks], alpha=0.15, color=color, lw=0,
+                                label="invar 95% CI")
         coverage = results.get("answer_coverage", {}).get(ds)
         if coverage is not None:
-            ax.axhline(100 * coverage, ls=(0, (1, 3)), color="black", lw=1, label="answer in corpus")
+            ax.axhline(100 * coverage, ls=(0, (1, 3)), color="black", lw=0.8, label="answer in corpus")
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_title(f"{DATASET_NAMES.get(ds, ds)} (n = {results['retrievers'][names[0]][ds]['n']})")
+        ax.minorticks_off()
+        ax.set_title(DATASET_NAMES.get(ds, ds))
         ax.set_xlabel("k (passages)")
     axes[0].set_ylabel("acc@k (%)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1 if len(labels) > 6 else 0.07, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=(len(labels) + 1) // 2 if len(labels) > 6 else len(labels),
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.16 if len(labels) > 6 else 0.09, 1, 1))
     return fig
 
 
 def alignment_scatter(results: dict):
     """02: P_θ(d|q) against P_c(d|q) for every training-group member, before and after alignment."""
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    theme()
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_W, 2.9), sharex=True, sharey=True)
     a = results["all"]
-    colors = ["#c44e52" if p else "#4c72b0" for p in a["positive"]]
+    colors = [PASSAGE_COLORS["positive"] if p else PASSAGE_COLORS["negative"] for p in a["positive"]]
     for ax, key, title in zip(axes, ("p_theta_before", "p_theta_after"),
-                              (f"before (KL {results['kl_before']:.3f})", f"after L_ctr + α L_align (KL {results['kl_after']:.3f})")):
-        ax.scatter(a["p_c"], a[key], s=10, alpha=0.5, c=colors)
+                              ("before", r"after $L_{ctr} + \alpha L_{align}$")):
+        ax.scatter(a["p_c"], a[key], s=6, alpha=0.6, c=colors, lw=0)
         ax.plot([0, 1], [0, 1], ls=":", color="gray")
         ax.set_title(title)
-        ax.set_xlabel("P_c (MiniLM)")
-    axes[0].set_ylabel("P_θ (LLM retriever)")
-    axes[1].scatter([], [], c="#c44e52", label="positive")
-    axes[1].scatter([], [], c="#4c72b0", label="hard negative")
+        ax.set_xlabel(r"$P_c(d|q)$ (MiniLM)")
+    axes[0].set_ylabel(r"$P_\theta(d|q)$ (LLM retriever)")
+    axes[1].scatter([], [], c=PASSAGE_COLORS["positive"], label="positive")
+    axes[1].scatter([], [], c=PASSAGE_COLORS["negative"], label="hard negative")
     axes[1].legend(loc="upper left")
     fig.tight_layout()
     return fig
@@ -90,51 +94,54 @@ def alignment_scatter(results: dict):
 
 def lsr_by_environment(results: dict):
     """03: Q_e(d|q) of positives and hard negatives in each environment."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     rows = [{"environment": env, "passage": kind, "Q_e(d|q)": v}
             for env, by_kind in results["distributions"].items()
             for kind, values in by_kind.items() for v in values]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    sns.boxplot(data=pd.DataFrame(rows), x="environment", y="Q_e(d|q)", hue="passage", ax=ax,
-                palette={"positive": "#c44e52", "negative": "#4c72b0"}, fliersize=2)
-    ax.axhline(1.0 / results["group_size"], ls=":", color="gray", label="1/|G(q)|")
-    ax.set_title(f"LSR distribution per environment ({results['n_groups']} groups; "
-                 f"{100 * results['invariant_share']:.0f}% of passages invariant)")
-    ax.legend(loc="upper right", fontsize=8)
+    fig, ax = plt.subplots(figsize=(PAGE_W * 0.7, 2.4))
+    sns.boxplot(data=pd.DataFrame(rows), x="environment", y="Q_e(d|q)", hue="passage", ax=ax, width=0.6,
+                palette=PASSAGE_COLORS, fliersize=1.5, linewidth=0.6)
+    ax.axhline(1.0 / results["group_size"], ls="--", color=PASSAGE_COLORS["uniform"], lw=0.9, label="1/|G(q)| (uniform)")
+    ax.set_ylabel(r"$Q_e(d|q)$")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
 
-TERM_LABELS = {"loss": "total loss L", "ctr": "L_ctr (contrastive)", "align": "L_align (KL to MiniLM)",
-               "inv": "L_inv (invariance)", "lsr": "KL(Q_orig ‖ P_θ) (LSR)"}
+TERM_LABELS = {"loss": "total loss $L$", "ctr": "$L_{ctr}$ (contrastive)", "align": "$L_{align}$ (KL to MiniLM)",
+               "inv": "$L_{inv}$ (invariance)", "lsr": r"$KL(Q_{orig} \| P_\theta)$ (LSR)"}
 
 
 def loss_curves(results: dict):
     """04: training loss and each of its terms per step, one panel per term (2 columns), every
     variant in its fixed colour; L_ctr with the loss of a uniform ranking (collapse line)."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     histories = {n: results["training"][n] for n in ordered_retrievers(results["training"])}
     terms = [t for t in ("loss", "ctr", "align", "inv", "lsr") if any(t in h[0] for h in histories.values())]
-    cols = 2
+    cols = 3 if len(terms) > 4 else 2
     rows = (len(terms) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_W, 1.8 * rows + 0.4), squeeze=False)
     for ax, term in zip(axes.flat, terms):
         for name, h in histories.items():
             if term in h[0]:
                 color, _ = style_of(name)
-                ax.plot([r["step"] for r in h], [r[term] for r in h], color=color, lw=1.4, label=display_name(name))
+                ax.plot([r["step"] for r in h], [r[term] for r in h], color=color, lw=1.0, label=display_name(name))
         if term == "ctr" and results.get("ctr_uniform"):
             ax.axhline(results["ctr_uniform"], ls=":", color="gray", label="uniform ranking")
-        ax.set_title(TERM_LABELS.get(term, term), fontsize=10)
-        ax.set_ylabel(TERM_LABELS.get(term, term).split(" (")[0])
+        ax.set_title(TERM_LABELS.get(term, term))
         ax.set_xlabel("optimizer step")
-    for ax in list(axes.flat)[len(terms):]:
+    spare = list(axes.flat)[len(terms):]
+    for ax in spare:
         ax.axis("off")
     handles = {}
     for ax in axes.flat:
         for hd, lb in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lb, hd)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6),
-               fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    if spare:  # the legend in the empty panel
+        spare[0].legend(list(handles.values()), list(handles), loc="center", frameon=False)
+        fig.tight_layout()
+    else:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 7),
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

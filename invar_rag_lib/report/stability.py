@@ -12,6 +12,7 @@ import seaborn as sns  # noqa: E402
 from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, HEADLINE_K, display_name, ordered, ordered_retrievers  # noqa: E402
 from .ablations import point_label  # noqa: E402
+from .style import PAGE_W, dataset_colors, theme  # noqa: E402
 
 
 def stability_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
@@ -35,24 +36,24 @@ def stability_table(results: dict, k: int = HEADLINE_K) -> pd.DataFrame:
 def stability_bars(results: dict, k: int = HEADLINE_K):
     """04: the variance claim per retriever: Jaccard@k of the top-k sets of a question and its
     rewrites (↑) and the std of hit@k across them (↓), with 95% bootstrap intervals."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     typed = retrievers(results)
     names = [n for n in ordered_retrievers(typed) if next(iter(typed[n].values())).has_stability]
     datasets = ordered(typed[names[0]])
-    palette = sns.color_palette("deep", len(datasets))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    palette = dataset_colors(datasets)
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_W, 2.6))
     width = 0.8 / len(datasets)
-    for ax, (key, label) in zip(axes, [("jaccard", f"Jaccard@{k}, question vs rewrites (%) ↑"),
-                                       ("has_answer_std", f"std of hit@{k} across rewrites (%) ↓")]):
+    for ax, (key, label) in zip(axes, [("jaccard", f"Jaccard@{k} (%) ↑"),
+                                       ("has_answer_std", f"std of hit@{k} (%) ↓")]):
         for j, ds in enumerate(datasets):
             vals = [typed[n][ds].stability(key, k) for n in names]
             x = np.arange(len(names)) + (j - (len(datasets) - 1) / 2) * width
             ax.bar(x, [100 * v.mean for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
                    yerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
-                   capsize=2)
-        ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=25, ha="right")
+                   capsize=1.5, error_kw={"lw": 0.6})
+        ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=30, ha="right")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(frameon=False)
     fig.tight_layout()
     return fig
 
@@ -60,7 +61,7 @@ def stability_bars(results: dict, k: int = HEADLINE_K):
 def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
     """07: the variance claim for every retriever: Jaccard@k ↑ and std of hit@k across the question
     and its rewrites ↓, for BM25, MiniLM, every variant of notebook 04 and every ablation point."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    theme()
     v_typed, a_typed = retrievers(variants), retrievers(ablations)
     entries = [(display_name(n), v_typed[n]) for n in ordered_retrievers(v_typed)
                if next(iter(v_typed[n].values())).has_stability]  # not the random floor
@@ -71,8 +72,8 @@ def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
             entries.append((label, a_typed[p["name"]]))
             seen.add(p["name"])
     datasets = ordered(entries[0][1])
-    palette = sns.color_palette("deep", len(datasets))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(entries) + 1.6), sharey=True)
+    palette = dataset_colors(datasets)
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_W, 0.28 * len(entries) + 1.0), sharey=True)
     height = 0.8 / len(datasets)
     y = np.arange(len(entries))
     for ax, (key, title) in zip(axes, [("jaccard", f"Jaccard@{k} of top-{k} sets ↑"),
@@ -81,12 +82,13 @@ def stability_all(variants: dict, ablations: dict, k: int = HEADLINE_K):
             vals = [e[1][ds].stability(key, k) for e in entries]
             ax.barh(y + (j - (len(datasets) - 1) / 2) * height, [100 * v.mean for v in vals], height,
                     xerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
-                    color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=2)
-        ax.set_title(title + " (%)")
+                    color=palette[j], label=DATASET_NAMES.get(ds, ds), capsize=1, error_kw={"lw": 0.6})
+        ax.set_title(title.replace(" ↑", " (%) ↑").replace(" ↓", " (%) ↓"))
     axes[0].set_yticks(y, [e[0] for e in entries])
     axes[0].invert_yaxis()
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 

@@ -110,7 +110,7 @@ class Reports:
         with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
             for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
                 buf = io.BytesIO()
-                fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
+                fig.savefig(buf, format=fmt, dpi=300, bbox_inches="tight", metadata=meta)
                 out[fmt] = atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue())
         return out
 
