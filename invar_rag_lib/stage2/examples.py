@@ -75,4 +75,9 @@ def training_examples(profile: Profile, questions: Sequence[dict], ranked: Mappi
         examples.append(Example(prompt(q["question"], pids), target))
     counts = {"questions": len(questions), "examples": len(examples), "answer_in_shown_windows": shown_hits,
               "answer_passage_swapped_in": swapped, "context_mix": g.context_mix, "target_answer": g.target_answer}
+    if not examples:
+        raise ValueError(f"no generator training examples: of {len(questions)} training questions (generator."
+                         f"train_questions) none is kept by generator.context_mix = {g.context_mix!r}"
+                         + (" (no question's shown windows hold an answer; use 'oracle' or 'retrieved', or more "
+                            "questions)" if g.context_mix == "answer_only" else ""))
     return examples, counts
