@@ -56,6 +56,25 @@ POINTS = {
     "d8-answer-only": {"context_mix": "answer_only"},
     "d8-oracle": {"context_mix": "oracle"},
     "d8-first": {"target_answer": "first"},
+    # round 3: reading is learnt on examples that show an answer (round 2): their depth, lr, epochs
+    "d16-answer-only": {"lora_layers": 16, "context_mix": "answer_only"},
+    "d30-answer-only": {"lora_layers": 0, "context_mix": "answer_only"},
+    "d8-answer-only-lr1.5e-3": {"context_mix": "answer_only", "lr": 1.5e-3},
+    "d8-answer-only-ep3": {"context_mix": "answer_only", "epochs": 3},
+    "d30-zero-shot": {"lora_layers": 0, "adapter_prompt": "zero_shot"},
+    "d30-zero-shot-answer-only": {"lora_layers": 0, "adapter_prompt": "zero_shot", "context_mix": "answer_only"},
+    # round 4: around the best so far (every layer, zero-shot prompt, answer-bearing contexts)
+    "d16-zero-shot-answer-only": {"lora_layers": 16, "adapter_prompt": "zero_shot", "context_mix": "answer_only"},
+    "d30-zero-shot-answer-only-lr1e-3": {"lora_layers": 0, "adapter_prompt": "zero_shot", "context_mix": "answer_only",
+                                         "lr": 1e-3},
+    "d30-zero-shot-answer-only-ep2": {"lora_layers": 0, "adapter_prompt": "zero_shot", "context_mix": "answer_only",
+                                      "epochs": 2},
+    "d30-zero-shot-oracle": {"lora_layers": 0, "adapter_prompt": "zero_shot", "context_mix": "oracle"},
+    # round 5: around round 4's best (16 layers, zero-shot prompt, answer-bearing contexts)
+    "d16-zero-shot-answer-only-lr1e-3": {"lora_layers": 16, "adapter_prompt": "zero_shot",
+                                         "context_mix": "answer_only", "lr": 1e-3},
+    "d16-zero-shot-answer-only-ep2": {"lora_layers": 16, "adapter_prompt": "zero_shot",
+                                      "context_mix": "answer_only", "epochs": 2},
 }
 COLUMNS = ["val EM", "val F1", "val extraction", "examples", "steps", "loss first→last", "loss base→adapter",
            "trunk s", "train s", "changes"]
