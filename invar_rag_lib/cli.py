@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="regenerate every table and figure, and the gallery README, "
                         "from <reports>/results alone (no model)")
     rp.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    mem = sub.add_parser("memory", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         help="estimate the memory a profile's run needs (weights, adapters, activations, index) "
+                              "from the model's config alone, and whether it fits this machine")
+    mem.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    mem.add_argument("--device-gib", type=float, help="size the estimate against a device of this many GiB "
+                                                       "instead of this machine (e.g. 80 for an H100)")
     for subparsers in (sub, data_sub):  # each subcommand's own --help opens with what it does
         for action in subparsers._choices_actions:
             subparsers.choices[action.dest].description = action.help
@@ -142,6 +148,17 @@ def _run(args) -> int:
 
         manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
         print(json.dumps(manifest["counts"], indent=2))
+    elif args.command == "memory":
+        from .llm.memory import GiB, estimate
+
+        est = estimate(load_profile(args.profile), available=args.device_gib * GiB if args.device_gib else None)
+        if args.device_gib:
+            from dataclasses import replace
+
+            est = replace(est, device=f"a {args.device_gib:g} GiB device")
+        print(est.describe())
+        est.check()
+        print("fits")
     elif args.command == "train-retriever":
         _train_retriever(args)
     elif args.command == "report":

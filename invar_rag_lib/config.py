@@ -78,6 +78,12 @@ class RetrieverConfig:
     # "int8": the frozen layers below the LoRA layers run PyTorch's dynamic int8 linear kernels
     # (CPU only; llm/quantize.py); "none": float32 everywhere (METHOD's model as it is).
     trunk_quantization: str = "none"
+    # The backbone's weights: "float32" (the CPU default: bf16 has no native CPU kernels and is ~300x
+    # slower there) or "bfloat16" / "float16" on a GPU (half the memory; the LoRA adapters stay float32).
+    dtype: str = "float32"
+    # Recompute each trained layer's activations in the backward pass instead of storing them (LoRA on
+    # every layer of a large model); `invar-rag memory` shows what it saves.
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,11 @@ def _validate(p: Profile, where: str) -> None:
     r = p.retriever
     if r.padding_side not in ("left", "right"):
         raise ConfigError(f"{where}.retriever.padding_side must be 'left' or 'right', got {r.padding_side!r}")
+    if r.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"{where}.retriever.dtype must be 'float32', 'bfloat16' or 'float16', got {r.dtype!r}")
+    if r.dtype != "float32" and r.trunk_quantization != "none":
+        raise ConfigError(f"{where}.retriever.trunk_quantization = {r.trunk_quantization!r} quantizes float32 "
+                          f"weights; with retriever.dtype = {r.dtype!r} set it to 'none'")
     if r.trunk_quantization not in ("none", "int8"):
         raise ConfigError(f"{where}.retriever.trunk_quantization must be 'none' or 'int8', got {r.trunk_quantization!r}")
     if r.trunk_quantization == "int8" and r.lora_layers == 0:

@@ -127,6 +127,9 @@ def run_headless(profile_name: str, only: Sequence[str] | None = None, parameter
     t_all = time.perf_counter()
     with RunLock(profile_name):
         ensure_benchmark(profile_name, books, log)
+        from .llm.memory import preflight
+
+        preflight(profile, log)
         for i, nb in enumerate(books, start=1):
             log(f"[{i}/{len(books)}] running {nb.name} headless (profile {profile_name}) ...")
             buf = io.StringIO()

@@ -221,6 +221,9 @@ def run_notebooks(profile_name: str, only: Sequence[str] | None = None,
                   parameters: dict | None = None, log=print) -> dict:
     with RunLock(profile_name):
         ensure_benchmark(profile_name, select_notebooks(only), log)
+        from .llm.memory import preflight
+
+        preflight(load_profile(profile_name), log)
         return _run_notebooks(profile_name, only, parameters, log)
 
 

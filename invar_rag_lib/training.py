@@ -206,6 +206,7 @@ class Schedule:
     grad_accum: int
     epochs: int
     checkpoint_every: int
+    gradient_checkpointing: bool = False  # recompute the trained layers' activations in the backward pass
 
 
 def adapter_parameters(model, adapter: str) -> list[torch.nn.Parameter]:
@@ -240,6 +241,7 @@ def train_adapter(module: torch.nn.Module, model, adapter: str, n_examples: int,
     from accelerate.utils import set_seed
 
     from .llm.device import compute_device
+    from .llm.encoder import layer_checkpointing
     from .paths import shown
     from .progress import step_bar
 
@@ -268,7 +270,7 @@ def train_adapter(module: torch.nn.Module, model, adapter: str, n_examples: int,
                           f"another training (pid {{pid}}) is writing {shown(out_dir)}; wait for it, "
                           "or train into another folder (--out)")
             if accelerator.is_main_process else contextlib.nullcontext())
-    with lock:
+    with lock, layer_checkpointing(schedule.gradient_checkpointing):
         if on_start is not None:
             on_start()
         clean_leftovers(out_dir, log)

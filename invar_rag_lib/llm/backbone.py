@@ -51,7 +51,7 @@ class Backbone:
 
     def __init__(self, name: str, retriever: LoraShape, seed: int = 0, trunk_quantization: str = "none",
                  padding_side: str = "left", encode_batch_size: int = 16, other_depths: Sequence[int] = (),
-                 log=print):
+                 dtype: str = "float32", log=print):
         from peft import get_peft_model
 
         from .weights import load_model
@@ -59,7 +59,10 @@ class Backbone:
         self.name, self.seed, self.log = name, seed, log
         self.padding_side, self.encode_batch_size = padding_side, encode_batch_size
         torch.manual_seed(seed)  # the retriever adapter's initialisation
-        base, self.tokenizer = load_model(name, seed=seed)
+        base, self.tokenizer = load_model(name, seed=seed, dtype=dtype)
+        if dtype != "float32" and next(base.parameters()).device.type == "cpu":
+            log(f"note: retriever.dtype = {dtype!r} on the CPU, which has no native kernels for it "
+                "(about 300x slower than float32 here); float32 is the CPU setting")
         self.n_layers = decoder_of(base).config.num_hidden_layers
         self.model = get_peft_model(base, self._lora(base, retriever), adapter_name=RETRIEVER)
         self.model.eval()
@@ -68,6 +71,7 @@ class Backbone:
         self.loaded: dict[str, str | None] = {RETRIEVER: None}  # digest of the weights now in each slot
         # Fingerprints of the float32 weights, tagged with the trunk's arithmetic (int8 states differ);
         # taken before any quantization, for every split this run will use.
+        # (A bfloat16 / float16 backbone hashes its own, lower-precision weights: its caches are its own.)
         self.arithmetic = "" if trunk_quantization == "none" else f":{trunk_quantization}"
         self._fingerprints: dict[int, str] = {}
         for split in {self.split(RETRIEVER), *(split_point(self.model, d) for d in other_depths)}:
@@ -83,7 +87,8 @@ class Backbone:
         rc = profile.retriever
         return cls(rc.backbone, retriever_shape(profile), seed=profile.seed,
                    trunk_quantization=rc.trunk_quantization, padding_side=rc.padding_side,
-                   encode_batch_size=rc.encode_batch_size, other_depths=(profile.generator.lora_layers,), log=log)
+                   encode_batch_size=rc.encode_batch_size, other_depths=(profile.generator.lora_layers,),
+                   dtype=rc.dtype, log=log)
 
     def _lora(self, model, shape: LoraShape):
         return lora_config(model, shape.layers, shape.r, shape.alpha, shape.dropout, shape.targets)

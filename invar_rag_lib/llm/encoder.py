@@ -14,6 +14,8 @@ states reusable across batches, and left and right padding interchangeable.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -77,6 +79,29 @@ def decoder_of(model):
     return inner.model
 
 
+_CHECKPOINTING = contextvars.ContextVar("layer_checkpointing", default=False)
+
+
+@contextlib.contextmanager
+def layer_checkpointing(enabled: bool):
+    """Inside this block, layers run with gradients are checkpointed (`retriever.gradient_checkpointing`):
+    their activations are recomputed in the backward pass instead of kept. Same loss and gradients."""
+    token = _CHECKPOINTING.set(enabled)
+    try:
+        yield
+    finally:
+        _CHECKPOINTING.reset(token)
+
+
+def call_layer(layer, hidden: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`layer(hidden, **kwargs)`, checkpointed inside `layer_checkpointing(True)` when gradients are on."""
+    if _CHECKPOINTING.get() and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(layer, hidden, use_reentrant=False, **kwargs)
+    return layer(hidden, **kwargs)
+
+
 def run_layers(decoder, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
                end: int, final_norm: bool) -> torch.Tensor:
     """Run decoder layers [start, end) on `hidden` ([B, T, D]); mirrors LlamaModel.forward."""
@@ -88,8 +113,8 @@ def run_layers(decoder, hidden: torch.Tensor, attention_mask: torch.Tensor, star
                                      position_ids=position_ids)
     position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
     for layer in decoder.layers[start:end]:
-        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
-                       position_ids=position_ids, cache=None, use_cache=False)
+        hidden = call_layer(layer, hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                            position_ids=position_ids, cache=None, use_cache=False)
     return decoder.norm(hidden) if final_norm else hidden
 
 

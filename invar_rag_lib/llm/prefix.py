@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .encoder import call_layer
+
 
 class SharedPrefix:
     """Per-layer keys and values of one prefix, put in front of every row's own: the one cache
@@ -74,9 +76,9 @@ def run_layers_after_prefix(decoder, hidden: torch.Tensor, attention_mask: torch
     mask = _additive(allowed, hidden.dtype)
     emb = decoder.rotary_emb(hidden, position_ids=positions)
     prefix.recording = False
-    for layer in decoder.layers[start:end]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=emb, position_ids=positions,
-                       cache=prefix, use_cache=True)
+    for layer in decoder.layers[start:end]:  # the prefix is only read here, so a recomputation is exact
+        hidden = call_layer(layer, hidden, attention_mask=mask, position_embeddings=emb, position_ids=positions,
+                            cache=prefix, use_cache=True)
     return decoder.norm(hidden) if final_norm else hidden
 
 

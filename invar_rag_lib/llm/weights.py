@@ -220,8 +220,9 @@ def ensure_smollm2_fp32(cache_root: Path | None = None, gguf_path: Path | None =
             raise
 
 
-def load_model(name: str, seed: int = 0):
-    """(model, tokenizer) in eval mode and float32; `seed` only matters for `tiny-random`.
+def load_model(name: str, seed: int = 0, dtype: str = "float32"):
+    """(model, tokenizer) in eval mode, its weights in `dtype` (float32 unless a profile asks for
+    bfloat16 / float16 on a GPU); `seed` only matters for `tiny-random`.
 
     The tokenizer always has a pad token (eos if it had none). Its padding side is left as loaded:
     callers set it, since scoring wants right padding and batched generation wants left.
@@ -242,5 +243,9 @@ def load_model(name: str, seed: int = 0):
     for cfg in (model.config, model.generation_config):  # so generate() does not warn and guess
         if cfg is not None and cfg.pad_token_id is None:
             cfg.pad_token_id = tokenizer.pad_token_id
-    return model.to(device=compute_device(), dtype=torch.float32).eval(), tokenizer
+    from .memory import DTYPES
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
+    return model.to(device=compute_device(), dtype=DTYPES[dtype]).eval(), tokenizer
 

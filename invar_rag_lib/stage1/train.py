@@ -130,7 +130,7 @@ def train_retriever(backbone, data: TrainingData, objective: Objective, profile:
         return batch_loss(module, data, idx, objective, rc.tau_r, s1.tau_c, env_data, env_idx)
 
     schedule = Schedule(s1.lr, s1.weight_decay, s1.warmup_steps, s1.max_grad_norm, s1.batch_size, s1.grad_accum,
-                        s1.epochs, s1.checkpoint_every)
+                        s1.epochs, s1.checkpoint_every, rc.gradient_checkpointing)
     backbone.mark_changed(RETRIEVER_ADAPTER)
     with backbone.adapter(RETRIEVER_ADAPTER):
         return train_adapter(encoder, backbone.model, RETRIEVER_ADAPTER, len(data), loss_fn, schedule, profile.seed,

@@ -197,7 +197,7 @@ def train_generator(backbone: Backbone, data: GeneratorData, profile: Profile, o
         return loss, {"loss": float(loss.detach())}
 
     schedule = Schedule(g.lr, g.weight_decay, g.warmup_steps, g.max_grad_norm, g.batch_size, g.grad_accum, g.epochs,
-                        g.checkpoint_every)
+                        g.checkpoint_every, profile.retriever.gradient_checkpointing)
     backbone.reset_adapter(GENERATOR)
     backbone.mark_changed(GENERATOR)
     with backbone.adapter(GENERATOR):
