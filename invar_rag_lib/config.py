@@ -84,6 +84,12 @@ class RetrieverConfig:
     # Recompute each trained layer's activations in the backward pass instead of storing them (LoRA on
     # every layer of a large model); `invar-rag memory` shows what it saves.
     gradient_checkpointing: bool = False
+    # Full retrieval's index (retrieval/dense.py): "flat" is exact (every profile here: the corpora
+    # are at most ~22k passages); "ivf" (nlist cells, 0 = 4*sqrt(n); nprobe searched) or "hnsw" for a
+    # Wikipedia-size corpus, whose recall@k against exact search is measured and logged in each run.
+    index: str = "flat"
+    index_nlist: int = 0
+    index_nprobe: int = 32
 
 
 @dataclass(frozen=True)
@@ -342,6 +348,10 @@ def _validate(p: Profile, where: str) -> None:
     r = p.retriever
     if r.padding_side not in ("left", "right"):
         raise ConfigError(f"{where}.retriever.padding_side must be 'left' or 'right', got {r.padding_side!r}")
+    if r.index not in ("flat", "ivf", "hnsw"):
+        raise ConfigError(f"{where}.retriever.index must be 'flat', 'ivf' or 'hnsw', got {r.index!r}")
+    if r.index_nlist < 0 or r.index_nprobe < 1:
+        raise ConfigError(f"{where}.retriever.index_nlist must be >= 0 (0 = 4*sqrt(n)) and index_nprobe >= 1")
     if r.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"{where}.retriever.dtype must be 'float32', 'bfloat16' or 'float16', got {r.dtype!r}")
     if r.dtype != "float32" and r.trunk_quantization != "none":

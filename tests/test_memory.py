@@ -111,3 +111,42 @@ def test_layer_checkpointing_gives_the_same_loss_and_gradients():
     assert len(calls) == 4  # every layer was checkpointed
     assert torch.allclose(loss_on, loss_off) and len(grads_on) == len(grads_off)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_on, grads_off))
+
+
+# ----------------------------------------------------------------------------- the approximate index (item 4)
+def _clustered(n: int, d: int = 64, centres: int = 200, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype("float32")
+    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, d)).astype("float32")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_an_approximate_index_over_50k_passages_keeps_recall_at_100_above_095(index):
+    from invar_rag_lib.retrieval.dense import DenseRetriever
+
+    passages = _clustered(50_000)
+    queries = _clustered(300, seed=1)
+    ids = [f"p{i}" for i in range(len(passages))]
+    approx = DenseRetriever(ids, passages, index=index)
+    ranked, _ = approx.search_embeddings(queries, 100)
+    assert approx.recall is not None and approx.recall >= 0.95, approx.recall  # measured on the first search
+    exact, _ = DenseRetriever(ids, passages).search_embeddings(queries, 100)
+    overlap = sum(len(set(a) & set(b)) for a, b in zip(ranked, exact)) / (100 * len(queries))
+    assert abs(overlap - approx.recall) < 0.05  # the reported recall is what the run got
+
+
+def test_an_approximate_index_without_faiss_is_refused():
+    import numpy as np
+
+    from invar_rag_lib.retrieval.dense import DenseRetriever
+
+    with pytest.raises(ValueError, match="needs faiss"):
+        DenseRetriever(["a"], np.ones((1, 4), "float32"), backend="torch", index="ivf")
+
+
+def test_unknown_index_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="retriever.index"):
+        load_profile("smoke", overrides={"retriever.index": "annoy"})

@@ -85,6 +85,9 @@ class LLMRetriever:
     weights: Mapping[str, torch.Tensor] | None = None
     projection: torch.Tensor | None = None
     name: str = "llm-zero"
+    index: str = "flat"  # full retrieval's index (retrieval/dense.py): flat (exact) | ivf | hnsw
+    index_nlist: int = 0
+    index_nprobe: int = 32
 
     @classmethod
     def from_profile(cls, backbone: Backbone, profile, passages: Mapping[str, dict], **fields) -> "LLMRetriever":
@@ -92,7 +95,8 @@ class LLMRetriever:
         rc = profile.retriever
         values = dict(pooling=rc.pooling, tau_r=rc.tau_r, padding_side=rc.padding_side, max_len=rc.max_len,
                       query_max_len=rc.query_max_len, query_template=rc.query_template,
-                      passage_template=rc.passage_template, score_batch_size=rc.score_batch_size)
+                      passage_template=rc.passage_template, score_batch_size=rc.score_batch_size,
+                      index=rc.index, index_nlist=rc.index_nlist, index_nprobe=rc.index_nprobe)
         return cls(backbone, passages, **{**values, **fields})
 
     def replace(self, **fields) -> "LLMRetriever":
@@ -216,6 +220,11 @@ class LLMRetriever:
         if not questions:
             return {}
         pids = list(self.passages)
-        index = DenseRetriever(pids, self.passage_reps(pids, memo, persist))
+        index = DenseRetriever(pids, self.passage_reps(pids, memo, persist), index=self.index,
+                               nlist=self.index_nlist, nprobe=self.index_nprobe)
         ranked, _ = index.search_embeddings(self._query_reps_for(questions, query_texts), k)
+        if index.recall is not None:
+            self.backbone.log(f"{self.name}: {self.index} index over {len(pids)} passages, recall@{min(k, len(pids))} "
+                              f"against exact search {index.recall:.3f} (on {min(len(questions), index.RECALL_SAMPLE)} "
+                              "queries)")
         return {q["id"]: r for q, r in zip(questions, ranked)}
