@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .integrity import CheckpointError, IntegrityError, check_dir, seal_dir
-from .io_utils import ExclusiveLock, atomic_write_json, disk_full, jsonable, replace_dir
+from .io_utils import ExclusiveLock, atomic_write_json, jsonable, replace_dir, writing
 
 CHECKPOINT = "checkpoint-latest"
 
@@ -102,19 +102,17 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
-        # The same weights in peft's own layout, for `PeftModel.from_pretrained(base, <ckpt>/peft/<adapter>)`.
-        model.save_pretrained(str(tmp / "peft"), selected_adapters=[adapter_name], safe_serialization=True)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        tensors, plain = _rng_state()
-        save_file(tensors, str(tmp / "rng.safetensors"))
-        atomic_write_json(tmp / "rng.json", plain)
-        atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
-        seal_dir(tmp, "checkpoint")
-        replace_dir(tmp, path)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_full(path, e) from None
+        with writing(path):  # a full disk is named with the checkpoint's path
+            save_file(lora_state(model, adapter_name), str(tmp / "adapter.safetensors"))
+            # The same weights in peft's own layout, for `PeftModel.from_pretrained(base, <ckpt>/peft/<adapter>)`.
+            model.save_pretrained(str(tmp / "peft"), selected_adapters=[adapter_name], safe_serialization=True)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            tensors, plain = _rng_state()
+            save_file(tensors, str(tmp / "rng.safetensors"))
+            atomic_write_json(tmp / "rng.json", plain)
+            atomic_write_json(tmp / "state.json", {"step": step, "config": config, "history": history})
+            seal_dir(tmp, "checkpoint")
+            replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,10 +27,7 @@ from ..progress import progress
 from .decode import DecodeStats, Prompt, attention, prefix_cache, prompt_ids, stop_token_ids
 from .encoder import decoder_of
 from .padding import pad_id, pad_token_rows
-
-
-def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+from .prefix import additive_mask
 
 
 def _prefill(decoder, hidden: torch.Tensor, full_mask: torch.Tensor, positions: torch.Tensor, cache,
@@ -43,7 +40,7 @@ def _prefill(decoder, hidden: torch.Tensor, full_mask: torch.Tensor, positions: 
     causal = keys[None, :] <= (p + torch.arange(t, device=hidden.device))[:, None]  # [T, P+T]
     allowed = (causal[None] & full_mask.bool()[:, None, :])[:, None]  # [B, 1, T, P+T]
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padding row attends to everything (ignored)
-    mask = _additive(allowed, hidden.dtype)
+    mask = additive_mask(allowed, hidden.dtype)
     emb = decoder.rotary_emb(hidden, position_ids=positions)
     for layer in decoder.layers[start:end]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=emb, position_ids=positions, cache=cache,

@@ -133,14 +133,14 @@ def corpus_size(profile) -> int | None:
 
 
 def estimate(profile, device: torch.device | None = None, shape: ModelShape | None = None,
-             n_passages: int | None = None, available: float | None = None) -> MemoryEstimate:
+             n_passages: int | None = None, available: float | None = None, convert: bool = True) -> MemoryEstimate:
     """The memory estimate of `profile`'s largest step on `device` (default: where it would run),
-    against `available` bytes (default: that device's memory)."""
+    against `available` bytes (default: that device's memory); `convert` as in `model_config`."""
     from .device import compute_device
 
     rc, s1, g = profile.retriever, profile.stage1, profile.generator
     device = device or compute_device()
-    shape = shape or model_shape(model_config(rc.backbone), rc.lora_targets)
+    shape = shape or model_shape(model_config(rc.backbone, convert=convert), rc.lora_targets)
     bytes_w = torch.finfo(DTYPES[rc.dtype]).bits // 8
     act_bytes = max(bytes_w, 2)
     lora_per_layer = sum(rc.lora_r * (i + o) for i, o in shape.lora_dims)
@@ -175,8 +175,7 @@ def estimate(profile, device: torch.device | None = None, shape: ModelShape | No
 def preflight(profile, log=print) -> MemoryEstimate | None:
     """Before a run: print the estimate and refuse a run that cannot fit (`MemoryEstimate.check`)."""
     try:
-        est = estimate(profile, shape=model_shape(model_config(profile.retriever.backbone, convert=False),
-                                                  profile.retriever.lora_targets))
+        est = estimate(profile, convert=False)
     except FileNotFoundError as e:
         log(f"memory estimate: skipped ({e})")
         return None

@@ -53,7 +53,7 @@ def run_layers_on_prefix(decoder, hidden: torch.Tensor, start: int, end: int,
     prefix.recording = True
     length = hidden.shape[1]
     positions = torch.arange(length, device=hidden.device).unsqueeze(0)
-    mask = _additive(_causal(length, hidden.device)[None, None], hidden.dtype)
+    mask = additive_mask(_causal(length, hidden.device)[None, None], hidden.dtype)
     emb = decoder.rotary_emb(hidden, position_ids=positions)
     for layer in decoder.layers[start:end]:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=emb, position_ids=positions,
@@ -73,7 +73,7 @@ def run_layers_after_prefix(decoder, hidden: torch.Tensor, attention_mask: torch
     positions = (p + torch.arange(t, device=device)).unsqueeze(0).expand(b, -1)
     own = _causal(t, device)[None] & attention_mask.bool()[:, None, :]  # [B, T, T]
     allowed = torch.cat([torch.ones(b, t, p, dtype=torch.bool, device=device), own], dim=2)[:, None]
-    mask = _additive(allowed, hidden.dtype)
+    mask = additive_mask(allowed, hidden.dtype)
     emb = decoder.rotary_emb(hidden, position_ids=positions)
     prefix.recording = False
     for layer in decoder.layers[start:end]:  # the prefix is only read here, so a recomputation is exact
@@ -82,7 +82,7 @@ def run_layers_after_prefix(decoder, hidden: torch.Tensor, attention_mask: torch
     return decoder.norm(hidden) if final_norm else hidden
 
 
-def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
+def additive_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
     """A boolean [.., Q, K] mask as the additive float mask eager and sdpa attention both take."""
     out = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return out.masked_fill(~allowed, torch.finfo(dtype).min)
