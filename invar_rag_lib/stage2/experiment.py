@@ -76,7 +76,10 @@ class GenerationStage:
         return training_examples(self.profile, self.train_questions, run["runs"]["train"], self.windows,
                                  lambda q, pids: self.prompt(q, pids, adapter=True))
 
-    def train_generator(self, run: dict, reuse: bool = True) -> dict:
+    def train_generator(self, run: dict, reuse: bool = True, loss_sample: bool = True) -> dict:
+        """Train the `generator` adapter (or reuse its finished checkpoint). With `loss_sample`, also the
+        base model's and the generator's answer loss on the first training examples (notebook 05's
+        diagnostic; notebook 06, which only needs the adapter, skips it)."""
         examples, counts = self.training_examples(run)
         data = GeneratorData(self.backbone, examples, self.backbone.split(GENERATOR),
                              self.profile.generator.trunk_batch_size)
@@ -87,12 +90,13 @@ class GenerationStage:
         # trunk states are read or computed inside train_generator (not at all when reused)
         self.timings["generator_trunk_s"] = result.get("trunk_s", 0.0)
         self.timings["generator_train_s"] = time.perf_counter() - t0 - self.timings["generator_trunk_s"]
-        sample = list(range(min(LOSS_SAMPLE, len(data))))
-        t0 = time.perf_counter()
-        result["loss_on_sample"] = {"examples": len(sample),
-                                    "base model": mean_answer_loss(self.backbone, data, None, sample),
-                                    "generator": mean_answer_loss(self.backbone, data, GENERATOR, sample)}
-        self.timings["loss_sample_s"] = time.perf_counter() - t0
+        if loss_sample:
+            sample = list(range(min(LOSS_SAMPLE, len(data))))
+            t0 = time.perf_counter()
+            result["loss_on_sample"] = {"examples": len(sample),
+                                        "base model": mean_answer_loss(self.backbone, data, None, sample),
+                                        "generator": mean_answer_loss(self.backbone, data, GENERATOR, sample)}
+            self.timings["loss_sample_s"] = time.perf_counter() - t0
         result["counts"] = counts
         result["n_examples"] = len(data)
         result["tokens_per_example"] = float(np.mean([len(data.prefix_ids) + len(i) for i in data.ids]))
