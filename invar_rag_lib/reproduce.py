@@ -111,7 +111,7 @@ class RunLock(ExclusiveLock):
 def clean_leftovers(out_dir: Path, books: Sequence[Path], log=print) -> None:
     """Remove what an interrupted run left: temp notebooks, and failed copies of the notebooks
     about to run (a new attempt supersedes them)."""
-    stale = list(out_dir.glob(".running.*.ipynb")) + [out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
+    stale = list(out_dir.glob(".running.*.ipynb")) + list(out_dir.glob(".running.*.kernel.log")) + [out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                                                       for nb in books]
     removed = [p for p in stale if p.exists()]
     for p in removed:
@@ -164,6 +164,31 @@ def kernel_config():
     from traitlets.config import Config
 
     return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
+def kernel_with_log(stderr_path: Path):
+    """The kernel manager papermill starts the kernel with, its standard error going to
+    `stderr_path` instead of ours: a Ctrl-C ends papermill's client while the kernel (in its own
+    session) is still replying, and the kernel's 20-line traceback about the closed socket would be
+    the last thing a user sees. What the kernel writes there is shown after the notebook instead
+    (success or failure), and dropped only when the run was interrupted."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelWithLog(AsyncKernelManager):
+        async def _async_pre_start_kernel(self, **kw):
+            cmd, kw = await super()._async_pre_start_kernel(**kw)
+            kw["stderr"] = stderr_path.open("ab")  # the child keeps its own copy of the descriptor
+            return cmd, kw
+
+    return KernelWithLog
+
+
+def _show_kernel_log(path: Path) -> None:
+    if path.exists():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        path.unlink()
 
 
 def ensure_kernel() -> str:
@@ -258,6 +283,8 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
     try:
         for i, nb in enumerate(books, start=1):
             tmp = out_dir / f".running.{nb.name}"
+            kernel_log = out_dir / f".running.{nb.stem}.kernel.log"
+            kernel_log.unlink(missing_ok=True)
             last = previous.get(nb.stem, {}).get("wall_s")
             log(f"[{i}/{len(books)}] running {nb.name} (profile {profile_name})"
                 + (f", last time {last / 60:.1f} min" if last else "") + " ...")
@@ -267,8 +294,14 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
                 # timed line per cell and the cells' own progress lines instead (`piped_log`).
                 pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
                                     cwd=str(nb.parent), progress_bar=sys.stderr.isatty(),
-                                    log_output=piped_log(), config=kernel_config())
+                                    log_output=piped_log(), config=kernel_config(),
+                                    kernel_manager_class=kernel_with_log(kernel_log))
+            except KeyboardInterrupt:
+                Path(tmp).unlink(missing_ok=True)
+                kernel_log.unlink(missing_ok=True)  # the kernel's complaint about the closed client
+                raise
             except pm.PapermillExecutionError as exc:
+                _show_kernel_log(kernel_log)
                 failed = out_dir / nb.name.replace(".ipynb", ".failed.ipynb")
                 os.replace(tmp, failed)
                 number, first_line = _failing_code_cell(failed)
@@ -279,7 +312,9 @@ def _run_notebooks(profile_name: str, only: Sequence[str] | None, parameters: di
                 ) from None
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
+                _show_kernel_log(kernel_log)
                 raise
+            _show_kernel_log(kernel_log)
             _relative_paths(tmp, nb.name)
             os.replace(tmp, out_dir / nb.name)
             timings[nb.stem] = round(time.perf_counter() - t0, 1)

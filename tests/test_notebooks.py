@@ -159,3 +159,53 @@ def test_ensure_benchmark_builds_a_missing_benchmark_only_when_notebook_00_is_no
     manifest.write_text("{}")
     reproduce.ensure_benchmark("smoke", [Path("02_x.ipynb")], said.append)
     assert built == ["smoke"]  # present: nothing rebuilt
+
+
+def test_ctrl_c_during_a_notebook_ends_in_one_line(tmp_path, isolated_home):
+    """A terminal's Ctrl-C (SIGINT to the foreground process group) while a cell runs: the command
+    exits 130 with its one line; the kernel's own complaint about the closed client (a 20-line
+    traceback on its standard error) is not shown, and no temp copy is left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "00_slow.ipynb", "print('cell started', flush=True)\nimport time\ntime.sleep(120)")
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\nfrom pathlib import Path\nfrom invar_rag_lib import cli, reproduce\n"
+        f"reproduce.notebooks_dir = lambda: Path({str(nb_dir)!r})\n"
+        "reproduce.ensure_benchmark = lambda *a, **k: None\n"
+        "sys.exit(cli.main(['reproduce', '--profile', 'smoke', '--only', '0']))\n")
+    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # papermill's piped log shows the cell's print
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "cell started" in line or not line:
+            break
+    assert any("cell started" in s for s in seen), "".join(seen)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted;"), err
+    executed = isolated_home / "build" / "smoke" / "reports" / "executed"
+    assert not list(executed.glob(".running.*")), list(executed.iterdir())
+
+
+def test_what_the_kernel_writes_to_its_stderr_is_shown_after_the_notebook(tmp_path, isolated_home, monkeypatch,
+                                                                          capsys):
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "00_noisy.ipynb", "import os\nos.write(2, b'a C library speaks\\n')")
+    monkeypatch.setattr(reproduce, "notebooks_dir", lambda: nb_dir)
+    run_notebooks("smoke", only=["0"], log=lambda *a: None)
+    assert "a C library speaks" in capsys.readouterr().err
+    assert not list((isolated_home / "build" / "smoke" / "reports" / "executed").glob(".running.*"))
