@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -227,3 +228,33 @@ def test_sha256_file(tmp_path):
     p.write_bytes(b"x" * 3_000_000)
     assert sha256_file(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
     assert sha256_file(p, chunk=7) == sha256_file(p)
+
+
+def test_the_test_suite_benchmark_counts_what_pytest_reported(tmp_path):
+    """benchmarks/test_suite.py reads pytest's JUnit XML (the counts the docs quote come from it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "test_suite_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "test_suite.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    xml = tmp_path / "junit.xml"
+    xml.write_text('<testsuites><testsuite name="pytest" tests="7" failures="1" errors="1" skipped="2">'
+                   '</testsuite></testsuites>')
+    assert bench.junit_counts(xml) == {"passed": 3, "failed": 1, "errors": 1, "skipped": 2}
+    text = bench.table({"date": "2026-01-01", "cores": 2, "gflops": 300.0,
+                        "suites": {"unit tests": {"passed": 3, "failed": 1, "errors": 1, "skipped": 2, "wall_s": 120}}})
+    assert "| unit tests | 3 | 2 | 2 | 2.0 | 4.0 |" in text
+
+
+def test_costs_table_is_generated_from_the_recorded_runs():
+    from invar_rag_lib.report.artifacts import costs_table
+
+    timings = {"00_a": {"wall_s": 60.0, "cores": 2, "gflops_start": 300.0, "gflops_end": 300.0, "normalised_min": 2.0},
+               "01_b": {"wall_s": 120.0, "cores": 2, "gflops_start": 300.0, "gflops_end": 300.0, "normalised_min": 4.0}}
+    tests = {"date": "2026-01-01", "cores": 2, "gflops": 300.0,
+             "suites": {"unit tests": {"passed": 5, "failed": 0, "errors": 0, "skipped": 1, "wall_s": 90.0}}}
+    df = costs_table(timings, tests)
+    assert list(df.index) == ["`make reproduce`: 2 notebooks", "`make test`: unit tests (5 passed, 1 skipped)"]
+    assert df.iloc[0]["wall min"] == 3.0 and df.iloc[0].iloc[1] == 6.0 and df.iloc[1].iloc[1] == 3.0
+    assert list(costs_table(timings, None).index) == ["`make reproduce`: 2 notebooks"]

@@ -408,14 +408,58 @@ def _timings(reports: Reports, status: dict[str, str]) -> None:
     status["timings"] = "ok"
 
 
+def costs_table(timings: dict, tests: dict | None) -> pd.DataFrame:
+    """What the README's two commands cost on their last measured runs: `make reproduce` from
+    `timings.json`, `make test` from `benchmarks/test_suite.py`'s record (when there is one)."""
+    from ..machine import REFERENCE_GFLOPS, normalised_minutes
+
+    norm = f"normalised min (at {REFERENCE_GFLOPS:.0f} GFLOP/s)"
+    speeds = [(t["gflops_start"] + t["gflops_end"]) / 2 for t in timings.values() if "gflops_start" in t]
+    cores = sorted({t.get("cores") for t in timings.values() if t.get("cores")})
+    normed = [t.get("normalised_min") for t in timings.values()]
+    headless = any(t.get("runner") == "headless" for t in timings.values())
+    rows = {f"`make reproduce`: {len(timings)} notebooks" + (", headless runner" if headless else ""): {
+        "wall min": round(sum(t["wall_s"] for t in timings.values()) / 60, 1),
+        norm: "—" if None in normed else round(sum(normed), 1),
+        "machine": (f"{'/'.join(map(str, cores))} cores, " if cores else "")
+        + (f"{sum(speeds) / len(speeds):.0f} GFLOP/s" if speeds else "speed not measured")}}
+    for name, s in ((tests or {}).get("suites") or {}).items():
+        counts = f"{s['passed']} passed" + (f", {s['skipped']} skipped" if s["skipped"] else "") + (
+            f", {s['failed'] + s['errors']} FAILED" if s["failed"] + s["errors"] else "")
+        rows[f"`make test`: {name} ({counts})"] = {
+            "wall min": round(s["wall_s"] / 60, 1), norm: round(normalised_minutes(s["wall_s"], tests["gflops"]), 1),
+            "machine": f"{tests['cores']} cores, {tests['gflops']:.0f} GFLOP/s, {tests['date']}"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("command")
+
+
+def _costs(reports: Reports, status: dict[str, str]) -> None:
+    import json
+
+    if status.get("timings") != "ok":
+        status["costs"] = status.get("timings", "no timings")
+        return
+    timings = json.loads((reports.root / "results" / "timings.json").read_text())
+    path = reports.root / "results" / "benchmarks" / "test_suite.json"
+    try:
+        tests = json.loads(path.read_text()) if path.exists() else None
+        table = costs_table(timings, tests)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not the record `benchmarks/test_suite.py` writes ({e}); delete it or rerun "
+                         "the benchmark") from None
+    reports.write_table(table, "costs", caption=f"What the two commands cost on their last measured runs ({reports.profile.name} "
+                        "profile; wall minutes, and minutes normalised by the fp32 matmul speed measured in the same run)")
+    status["costs"] = "ok"
+
+
 def report(reports: Reports, log=print) -> dict[str, str]:
     """Every table and figure, the timings table, the gallery, and (for the committed cpu reports)
     the tables quoted in the README and docs/results.md."""
     status = build_all(reports, log=log)
     _timings(reports, status)
+    _costs(reports, status)
     write_gallery(reports, {k: v for k, v in status.items() if k in BY_STEM})
     if reports.root.resolve() == (repo_root() / "reports").resolve():
         for doc in (repo_root() / "README.md", repo_root() / "docs" / "results.md",
-                    repo_root() / "docs" / "generator-recipe.md"):
+                    repo_root() / "docs" / "generator-recipe.md", repo_root() / "docs" / "maintainers.md"):
             sync_readme(doc, reports, status)
     return status
