@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="checkpoint directory (default data/checkpoints/<profile>/retriever/<variant>)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
+    ec = sub.add_parser("encode-corpus", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="encode every corpus passage with one retriever into sealed shards, each process of "
+                        "an `accelerate launch` its share, resuming a killed encode; full search then reads them")
+    ec.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    ec.add_argument("--variant", default="invar",
+                    help="llm-zero (the frozen model) | llm-ctr | llm-lsr | invar | invar-align | invar-inv "
+                    "(a finished checkpoint is reused; a missing one is trained first)")
+
     rep = sub.add_parser("reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="run the numbered notebooks with papermill")
     rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
     rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="estimate the memory a profile's run needs (weights, adapters, activations, index) "
                               "from the model's config alone, and whether it fits this machine")
     mem.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    mem.add_argument("--passages", type=int, help="corpus size for the index part (default: the built "
+                     "benchmark's; e.g. 21015324 for DPR's wiki-18)")
     mem.add_argument("--device-gib", type=float, help="size the estimate against a device of this many GiB "
                                                        "instead of this machine (e.g. 80 for an H100)")
     for subparsers in (sub, data_sub):  # each subcommand's own --help opens with what it does
@@ -106,6 +116,31 @@ def _train_retriever(args) -> None:
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {args.variant}: {len(result['history'])} steps; last {json.dumps(last)}; "
           f"checkpoint {out}/checkpoint-latest")
+
+
+def _encode_corpus(args) -> None:
+    from .data import load_benchmark
+    from .paths import data_dir
+    from .stage1.experiment import train_variant
+    from .stage1.prepare import prepare
+    from .stage1.variants import variant_objectives
+
+    profile = load_profile(args.profile)
+    objectives = variant_objectives(profile)
+    if args.variant != "llm-zero" and args.variant not in objectives:
+        raise ValueError(f"unknown variant {args.variant!r}; valid variants are ['llm-zero', *{sorted(objectives)}]")
+    bench = load_benchmark(profile.name)
+    prepared = prepare(profile, bench)
+    if args.variant == "llm-zero":
+        retriever = prepared.retriever()
+    else:
+        out = data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
+        retriever, _ = train_variant(profile, bench, prepared, args.variant, objectives[args.variant], reuse=True,
+                                     out_dir=out)
+    rc = profile.retriever
+    reps = retriever.encode_corpus(shard_size=rc.encode_shard_size, dtype=rc.rep_dtype)
+    print(f"encoded {args.variant}: {reps.shape[0]} passages x {reps.shape[1]} ({rc.rep_dtype}) in "
+          f"{retriever.encoding_dir()}; full search (retriever.mode = 'full') reads it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +186,8 @@ def _run(args) -> int:
     elif args.command == "memory":
         from .llm.memory import GiB, estimate
 
-        est = estimate(load_profile(args.profile), available=args.device_gib * GiB if args.device_gib else None)
+        est = estimate(load_profile(args.profile), available=args.device_gib * GiB if args.device_gib else None,
+                       n_passages=args.passages)
         if args.device_gib:
             from dataclasses import replace
 
@@ -161,6 +197,8 @@ def _run(args) -> int:
         print("fits")
     elif args.command == "train-retriever":
         _train_retriever(args)
+    elif args.command == "encode-corpus":
+        _encode_corpus(args)
     elif args.command == "report":
         import time
 

@@ -85,11 +85,19 @@ class RetrieverConfig:
     # every layer of a large model); `invar-rag memory` shows what it saves.
     gradient_checkpointing: bool = False
     # Full retrieval's index (retrieval/dense.py): "flat" is exact (every profile here: the corpora
-    # are at most ~22k passages); "ivf" (nlist cells, 0 = 4*sqrt(n); nprobe searched) or "hnsw" for a
-    # Wikipedia-size corpus, whose recall@k against exact search is measured and logged in each run.
+    # are at most ~22k passages); "ivf" (nlist cells, 0 = 4*sqrt(n); nprobe searched), "ivfpq" (the
+    # same cells, each vector stored in index_pq_m bytes) or "hnsw" for a Wikipedia-size corpus, whose
+    # recall@k against exact search is measured and logged in each run. With index_gpus, faiss-gpu
+    # (where installed) shards the index across every visible GPU.
     index: str = "flat"
     index_nlist: int = 0
     index_nprobe: int = 32
+    index_pq_m: int = 64
+    index_gpus: bool = True
+    # The corpus encoding of `invar-rag encode-corpus` (retrieval/shards.py): passages per sealed
+    # shard (the unit of resumption and of work per process) and the stored precision.
+    encode_shard_size: int = 4096
+    rep_dtype: str = "float16"
 
 
 @dataclass(frozen=True)
@@ -348,8 +356,12 @@ def _validate(p: Profile, where: str) -> None:
     r = p.retriever
     if r.padding_side not in ("left", "right"):
         raise ConfigError(f"{where}.retriever.padding_side must be 'left' or 'right', got {r.padding_side!r}")
-    if r.index not in ("flat", "ivf", "hnsw"):
-        raise ConfigError(f"{where}.retriever.index must be 'flat', 'ivf' or 'hnsw', got {r.index!r}")
+    if r.index not in ("flat", "ivf", "ivfpq", "hnsw"):
+        raise ConfigError(f"{where}.retriever.index must be 'flat', 'ivf', 'ivfpq' or 'hnsw', got {r.index!r}")
+    if r.index_pq_m < 1 or r.encode_shard_size < 1:
+        raise ConfigError(f"{where}.retriever.index_pq_m and encode_shard_size must be >= 1")
+    if r.rep_dtype not in ("float16", "float32"):
+        raise ConfigError(f"{where}.retriever.rep_dtype must be 'float16' or 'float32', got {r.rep_dtype!r}")
     if r.index_nlist < 0 or r.index_nprobe < 1:
         raise ConfigError(f"{where}.retriever.index_nlist must be >= 0 (0 = 4*sqrt(n)) and index_nprobe >= 1")
     if r.dtype not in ("float32", "bfloat16", "float16"):

@@ -47,8 +47,12 @@ def test_the_paper_profile_fits_an_80_gib_gpu_and_float32_without_checkpointing_
 def test_the_full_index_is_counted_and_the_refusal_names_its_field(llama2_dir):
     est = estimate(_paper(llama2_dir), device=torch.device("cuda"), n_passages=21_000_000, available=80 * GiB)
     assert abs(est.parts["index"] / GiB - 21e6 * 4096 * 4 / GiB) < 1  # wiki-18 at 4,096 dims, float32: ~320 GiB
-    with pytest.raises(ConfigError, match=r'largest part is index .*retriever.mode = "rerank"'):
+    with pytest.raises(ConfigError, match=r'largest part is index .*retriever.index = "ivfpq"'):
         est.check()
+    pq = estimate(_paper(llama2_dir, index="ivfpq", index_pq_m=64), device=torch.device("cuda"), n_passages=21_000_000,
+                  available=80 * GiB)
+    assert pq.parts["index"] == 21_000_000 * (64 + 8)  # PQ codes and ids: ~1.4 GiB
+    pq.check()  # fits
 
 
 def test_cli_memory_is_one_line_each_and_refuses_with_exit_2(llama2_dir, tmp_path, capsys):

@@ -10,8 +10,10 @@ The model's shape comes from its config alone: the weights are counted on PyTorc
   cached, gradient-free trunk), per Korthikanti et al. (2022), s·b·h·(34 + 5·a·s/h) bytes per layer
   at 16 bits (twice at 32), or only each layer's input plus one layer's activations with
   `retriever.gradient_checkpointing`; plus the generator's logits;
-- **index**: the passage representations of `retriever.mode = "full"` (float32), when the corpus
-  size is known (a built benchmark).
+- **index**: the passage index of `retriever.mode = "full"`, when the corpus size is known (a built
+  benchmark, or `--passages`): float32 vectors for `flat` and `ivf` (faiss holds float32 whatever
+  the stored dtype), plus 32 links each for `hnsw`, `index_pq_m` bytes + an 8-byte id for `ivfpq`;
+  one device's share when faiss-gpu shards it (`index_gpus`) is this divided by the GPU count.
 
 It is an estimate (allocator overhead and CUDA kernels' workspaces are not in it): a run is refused
 only when the estimate alone exceeds the device's memory, with the field to change.
@@ -163,12 +165,13 @@ def estimate(profile, device: torch.device | None = None, shape: ModelShape | No
              "activations": float(max(s1_act, g_act))}
     n_passages = n_passages if n_passages is not None else corpus_size(profile)
     if rc.mode == "full" and n_passages:
-        parts["index"] = float(n_passages * shape.hidden * 4)
+        per = {"ivfpq": rc.index_pq_m + 8, "hnsw": shape.hidden * 4 + 2 * 32 * 4}.get(rc.index, shape.hidden * 4)
+        parts["index"] = float(n_passages * per)
     fields = {"weights": 'set retriever.dtype = "bfloat16" (on a GPU) or choose a smaller retriever.backbone',
               "adapters": "lower retriever.lora_r / generator.lora_r or lora_layers",
               "activations": "lower stage1.batch_size or generator.batch_size (raise grad_accum to keep the "
                              "global batch), or set retriever.gradient_checkpointing = true",
-              "index": 'set retriever.mode = "rerank" (or a smaller corpus)'}
+              "index": 'set retriever.index = "ivfpq" (index_pq_m bytes per passage) or retriever.mode = "rerank"'}
     return MemoryEstimate(parts, fields, str(device), available if available is not None else device_memory(device))
 
 

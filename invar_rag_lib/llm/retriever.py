@@ -88,6 +88,8 @@ class LLMRetriever:
     index: str = "flat"  # full retrieval's index (retrieval/dense.py): flat (exact) | ivf | hnsw
     index_nlist: int = 0
     index_nprobe: int = 32
+    index_pq_m: int = 64
+    index_gpus: bool = True
 
     @classmethod
     def from_profile(cls, backbone: Backbone, profile, passages: Mapping[str, dict], **fields) -> "LLMRetriever":
@@ -96,7 +98,8 @@ class LLMRetriever:
         values = dict(pooling=rc.pooling, tau_r=rc.tau_r, padding_side=rc.padding_side, max_len=rc.max_len,
                       query_max_len=rc.query_max_len, query_template=rc.query_template,
                       passage_template=rc.passage_template, score_batch_size=rc.score_batch_size,
-                      index=rc.index, index_nlist=rc.index_nlist, index_nprobe=rc.index_nprobe)
+                      index=rc.index, index_nlist=rc.index_nlist, index_nprobe=rc.index_nprobe,
+                      index_pq_m=rc.index_pq_m, index_gpus=rc.index_gpus)
         return cls(backbone, passages, **{**values, **fields})
 
     def replace(self, **fields) -> "LLMRetriever":
@@ -185,6 +188,49 @@ class LLMRetriever:
             memo.update(zip(todo, reps))
         return torch.stack([memo[p] for p in pids])
 
+    def encoding_dir(self):
+        """Where `invar-rag encode-corpus` keeps this value's sharded corpus encoding."""
+        from ..paths import cache_dir
+
+        return cache_dir() / "corpus-reps" / self.key
+
+    def encode_corpus(self, shard_size: int = 4096, dtype: str = "float16", log=print):
+        """h(d) of every corpus passage, sharded over the processes of an `accelerate launch` and
+        resumable (retrieval/shards.py); returns the merged array (a memory map)."""
+        from ..retrieval.shards import encode_sharded, merge
+
+        from .encoder import tokenize, trunk_states
+
+        pids, bb = list(self.passages), self.backbone
+        enc = self.encoder().eval()
+
+        @torch.no_grad()
+        def encode(texts):
+            # the trunk states straight from the model: a corpus this size is encoded once, and caching
+            # its trunk states (as evaluation does for a few thousand passages) would fill the disk
+            with bb.adapter(None):
+                states = trunk_states(bb.model, tokenize(bb.tokenizer, texts, self.max_len, bb.padding_side), self.split)
+            with self.active():
+                return torch.cat([enc.encode(c).float().cpu() for c in _chunks(states, self.score_batch_size)]).numpy()
+
+        encode_sharded(self.encoding_dir(), pids, lambda rows: [self.passage_text(pids[i]) for i in rows], encode,
+                       self.key, shard_size=shard_size, batch_size=bb.encode_batch_size, dtype=dtype, log=log)
+        return merge(self.encoding_dir(), log=log)
+
+    def corpus_reps(self, pids: Sequence[str], memo: dict | None = None, persist: bool = False):
+        """Every passage's h(d) for full search: the merged sharded encoding when `encode-corpus` made
+        one for this value and corpus, else `passage_reps` (in this process)."""
+        from ..integrity import read_sealed_json
+        from ..retrieval.shards import MERGED, PLAN, Plan, ids_digest, merge
+
+        root = self.encoding_dir()
+        if (root / MERGED).exists():
+            plan = Plan(**read_sealed_json(root / PLAN))
+            if plan.ids == ids_digest(pids) and plan.key == self.key:
+                self.backbone.log(f"{self.name}: reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
+                return merge(root, log=self.backbone.log)  # checked against its digest (re-merged if damaged)
+        return self.passage_reps(pids, memo, persist)
+
     # --- retrieval ------------------------------------------------------------------------------
     def _query_reps_for(self, questions: Sequence[dict], query_texts: Mapping[str, str] | None) -> torch.Tensor:
         return self.query_reps([self.query_text((query_texts or {}).get(q["id"], q["question"])) for q in questions])
@@ -220,8 +266,9 @@ class LLMRetriever:
         if not questions:
             return {}
         pids = list(self.passages)
-        index = DenseRetriever(pids, self.passage_reps(pids, memo, persist), index=self.index,
-                               nlist=self.index_nlist, nprobe=self.index_nprobe)
+        index = DenseRetriever(pids, self.corpus_reps(pids, memo, persist), index=self.index,
+                               nlist=self.index_nlist, nprobe=self.index_nprobe, pq_m=self.index_pq_m,
+                               gpus=self.index_gpus)
         ranked, _ = index.search_embeddings(self._query_reps_for(questions, query_texts), k)
         if index.recall is not None:
             self.backbone.log(f"{self.name}: {self.index} index over {len(pids)} passages, recall@{min(k, len(pids))} "

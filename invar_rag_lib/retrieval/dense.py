@@ -112,58 +112,85 @@ def search_backend() -> str:
     return "faiss" if util.find_spec("faiss") is not None else "torch"
 
 
-INDEXES = ("flat", "ivf", "hnsw")
+INDEXES = ("flat", "ivf", "ivfpq", "hnsw")
 
 
 class DenseRetriever:
     """Inner-product search over L2-normalised embeddings. `index = "flat"` is exact: faiss.IndexFlatIP,
     or, where faiss is not installed (e.g. a GPU image with torch only), the same search as a matrix
-    product and a top-k in torch, on the GPU when there is one. `"ivf"` (faiss IndexIVFFlat, `nlist`
-    cells, `nprobe` searched) and `"hnsw"` (IndexHNSWFlat, 32 links) are approximate, for corpora an
-    exact index cannot hold or search in time: their first search also measures their recall@k
-    against exact search on a sample of its queries (`self.recall`), which the caller reports."""
+    product and a top-k in torch, on the GPU when there is one. `"ivf"` (IndexIVFFlat, `nlist` cells,
+    `nprobe` searched), `"ivfpq"` (IndexIVFPQ: the same cells, each vector stored as `pq_m` bytes) and
+    `"hnsw"` (IndexHNSWFlat, 32 links) are approximate, for corpora an exact index cannot hold or
+    search in time: their first search also measures their recall@k against exact search on a
+    sample of its queries (`self.recall`), which the caller reports.
+
+    `embeddings` may be any array (float16 or float32, a memory map of `shards.merge`'s file): it is
+    added in chunks of `ADD_CHUNK` rows converted to float32, and an IVF index is trained on an
+    evenly spaced sample of at most `TRAIN_PER_CELL` rows per cell, so the corpus is never copied
+    whole into float32. With `gpus` (faiss-gpu and more than one GPU), the index is sharded across
+    them (`faiss.index_cpu_to_all_gpus(shard=True)`); without faiss-gpu it stays on the CPU."""
 
     QUERY_CHUNK = 1024  # queries per matrix product in the torch backend
     RECALL_SAMPLE = 200  # queries of the first search checked against exact search
+    ADD_CHUNK = 65536
+    TRAIN_PER_CELL = 256
 
     def __init__(self, ids: Sequence[str], embeddings, backend: str | None = None, index: str = "flat",
-                 nlist: int = 0, nprobe: int = 32):
+                 nlist: int = 0, nprobe: int = 32, pq_m: int = 64, gpus: bool = False):
         if index not in INDEXES:
             raise ValueError(f"unknown index {index!r}; one of {INDEXES}")
         self.ids = list(ids)
         self.kind, self.recall = index, None
         self.backend = backend or search_backend()
-        emb = _float32(embeddings)
+        if len(embeddings) != len(self.ids):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(self.ids)} ids")
         if index != "flat":
             if self.backend != "faiss":
                 raise ValueError(f"index = {index!r} needs faiss (pip install faiss-cpu, or faiss-gpu); "
                                  "use index = 'flat' without it")
             import faiss
 
-            d = emb.shape[1]
-            if index == "ivf":
-                nlist = nlist or max(1, min(len(emb) // 39, int(4 * len(emb) ** 0.5)))  # faiss: >= 39 points per cell
-                self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-                self.index.train(emb)
+            d, n = embeddings.shape[1], len(embeddings)
+            if index in ("ivf", "ivfpq"):
+                nlist = nlist or max(1, min(n // 39, int(4 * n ** 0.5)))  # faiss: >= 39 points per cell
+                if index == "ivf":
+                    self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                else:
+                    if d % pq_m:
+                        raise ValueError(f"index_pq_m = {pq_m} must divide the representation size {d}")
+                    self.index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+                rows = np.unique(np.linspace(0, n - 1, min(n, self.TRAIN_PER_CELL * nlist)).astype(np.int64))
+                self.index.train(_float32(embeddings[rows]))
                 self.index.nprobe = min(nprobe, nlist)
             else:
                 self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
                 self.index.hnsw.efConstruction = 80
-            self.index.add(emb)
-            self._emb = emb  # for the recall check of the first search
+            self._add(embeddings)
+            self._emb = embeddings  # for the recall check of the first search
         elif self.backend == "faiss":
             import faiss
 
-            self.index = faiss.IndexFlatIP(emb.shape[1])
-            self.index.add(emb)
+            self.index = faiss.IndexFlatIP(embeddings.shape[1])
+            self._add(embeddings)
         elif self.backend == "torch":
             import torch
 
             from ..llm.device import compute_device
 
-            self.matrix = torch.from_numpy(emb).to(compute_device())
+            self.matrix = torch.from_numpy(_float32(embeddings)).to(compute_device())
         else:
             raise ValueError(f"unknown search backend {backend!r}; use 'faiss' or 'torch'")
+        if gpus and self.backend == "faiss":
+            import faiss
+
+            if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+                co = faiss.GpuMultipleClonerOptions()
+                co.shard = True
+                self.index = faiss.index_cpu_to_all_gpus(self.index, co=co)
+
+    def _add(self, embeddings) -> None:
+        for lo in range(0, len(embeddings), self.ADD_CHUNK):
+            self.index.add(_float32(embeddings[lo:lo + self.ADD_CHUNK]))
 
     def search_embeddings(self, query_emb, k: int) -> tuple[list[list[str]], np.ndarray]:
         k = min(k, len(self.ids))
@@ -191,11 +218,25 @@ class DenseRetriever:
     def recall_at(self, queries: np.ndarray, k: int) -> float:
         """Mean share of the exact top-k that this index's top-k holds, over `queries` (exact search by
         faiss' brute-force `knn` over the same array: no second copy of the corpus)."""
-        import faiss
-
-        _, want = faiss.knn(queries, self._emb, k, metric=faiss.METRIC_INNER_PRODUCT)
+        want = exact_topk(queries, self._emb, k, self.ADD_CHUNK)
         _, got = self.index.search(queries, k)
         return float(np.mean([len(set(w) & set(g)) / k for w, g in zip(want, got)]))
+
+
+def exact_topk(queries: np.ndarray, embeddings, k: int, chunk: int = 65536) -> np.ndarray:
+    """Row indices of the exact top-k inner products of each query over `embeddings`, taken chunk by
+    chunk (faiss' brute-force `knn` on each float32 chunk, then the best k of the candidates)."""
+    import faiss
+
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for lo in range(0, len(embeddings), chunk):
+        part = _float32(embeddings[lo:lo + chunk])
+        s, i = faiss.knn(queries, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s, best_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + lo], 1)
+        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+    return best_i
 
 
 def _float32(x) -> np.ndarray:
