@@ -460,6 +460,7 @@ def report(reports: Reports, log=print) -> dict[str, str]:
     write_gallery(reports, {k: v for k, v in status.items() if k in BY_STEM})
     if reports.root.resolve() == (repo_root() / "reports").resolve():
         for doc in (repo_root() / "README.md", repo_root() / "docs" / "results.md",
-                    repo_root() / "docs" / "generator-recipe.md", repo_root() / "docs" / "maintainers.md"):
+                    repo_root() / "docs" / "generator-recipe.md", repo_root() / "docs" / "maintainers.md",
+                    repo_root() / "docs" / "paper-scale.md"):
             sync_readme(doc, reports, status)
     return status
