@@ -177,8 +177,15 @@ def kernel_with_log(stderr_path: Path):
     class KernelWithLog(AsyncKernelManager):
         async def _async_pre_start_kernel(self, **kw):
             cmd, kw = await super()._async_pre_start_kernel(**kw)
-            kw["stderr"] = stderr_path.open("ab")  # the child keeps its own copy of the descriptor
+            kw["stderr"] = stderr_path.open("ab")
             return cmd, kw
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            try:
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+            finally:  # the kernel has its own copy of the descriptor
+                if hasattr(kw.get("stderr"), "close"):
+                    kw["stderr"].close()
 
     return KernelWithLog
 
