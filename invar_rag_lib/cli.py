@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "an `accelerate launch` its share, resuming a killed encode; full search then reads them")
     ec.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     ec.add_argument("--variant", default="invar",
-                    help="llm-zero (the frozen model) | llm-ctr | llm-lsr | invar | invar-align | invar-inv "
-                    "(a finished checkpoint is reused; a missing one is trained first)")
+                    help="minilm (the coarse stage) | llm-zero (the frozen model) | llm-ctr | llm-lsr | invar | "
+                    "invar-align | invar-inv (a finished checkpoint is reused; a missing one is trained first)")
 
     rep = sub.add_parser("reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="run the numbered notebooks with papermill")
     rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
@@ -133,9 +133,17 @@ def _encode_corpus(args) -> None:
 
     profile = load_profile(args.profile)
     objectives = variant_objectives(profile)
-    if args.variant != "llm-zero" and args.variant not in objectives:
-        raise ValueError(f"unknown variant {args.variant!r}; valid variants are ['llm-zero', *{sorted(objectives)}]")
+    if args.variant not in ("minilm", "llm-zero") and args.variant not in objectives:
+        raise ValueError(f"unknown variant {args.variant!r}; valid variants are "
+                         f"{['minilm', 'llm-zero', *sorted(objectives)]}")
     bench = load_benchmark(profile.name)
+    if args.variant == "minilm":
+        from .retrieval.coarse import encode_corpus_minilm
+
+        reps = encode_corpus_minilm(profile, bench)
+        print(f"encoded minilm: {reps.shape[0]} passages x {reps.shape[1]} ({profile.retriever.rep_dtype}); the "
+              "coarse stage reads it")
+        return
     prepared = prepare(profile, bench)
     if args.variant == "llm-zero":
         retriever = prepared.retriever()

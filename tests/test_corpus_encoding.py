@@ -157,3 +157,27 @@ def test_full_search_reads_the_sharded_encoding_of_its_own_value(built_tiny, tmp
     said.clear()
     other.search(qs, 5)
     assert not any("reading the corpus encoding" in s for s in said)
+
+
+def test_the_coarse_stage_reads_minilms_sharded_encoding(built_tiny, tmp_path):
+    """`invar-rag encode-corpus --variant minilm` (sharded like the LLM's) gives the coarse stage the
+    same corpus embeddings and rankings as encoding in process."""
+    from conftest import tiny_profile_dict
+
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.retrieval.coarse import CoarseStage, encode_corpus_minilm
+
+    _, bench = built_tiny
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"encode_shard_size": 9, "rep_dtype": "float32"}
+    profile = profile_from_dict(values)
+    said: list = []
+    before = CoarseStage(profile, bench, log=said.append)
+    questions = [q["question"] for q in bench.eval_records("nq")]
+    ranked = before.search("minilm", questions, 10)
+    reps = encode_corpus_minilm(profile, bench, log=lambda *a: None)
+    np.testing.assert_allclose(np.asarray(reps), before.corpus_emb, atol=1e-5)
+    said.clear()
+    after = CoarseStage(profile, bench, log=said.append)
+    assert any("MiniLM: reading the corpus encoding" in s for s in said)
+    assert after.search("minilm", questions, 10) == ranked

@@ -30,6 +30,41 @@ def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], d
     return ids, shown, text
 
 
+def minilm_encoding_dir(encoder: MiniLMEncoder):
+    """Where `invar-rag encode-corpus --variant minilm` keeps MiniLM's sharded corpus encoding."""
+    return cache_dir() / "corpus-reps" / f"minilm-{encoder.fingerprint}"
+
+
+def encode_corpus_minilm(profile: Profile, bench: Benchmark, log=print):
+    """c(d) of every corpus passage, sharded over the processes of an `accelerate launch` and
+    resumable (retrieval/shards.py), as the LLM retriever's `encode_corpus`; returns the merged array."""
+    from .shards import encode_sharded, merge
+
+    cfg = profile.retrieval
+    ids, shown, _ = passage_strings(bench, cfg.passage_format)
+    encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
+    root = minilm_encoding_dir(encoder)
+    encode_sharded(root, ids, lambda rows: [shown[i] for i in rows], encoder.encode, encoder.fingerprint,
+                   shard_size=profile.retriever.encode_shard_size, batch_size=cfg.minilm_batch_size,
+                   dtype=profile.retriever.rep_dtype, log=log)
+    return merge(root, log=log)
+
+
+def minilm_encoding(encoder: MiniLMEncoder, ids: Sequence[str], log=print):
+    """The merged sharded encoding of exactly this corpus, when `encode-corpus` made one; else None."""
+    from ..integrity import read_sealed_json
+    from .shards import MERGED, PLAN, Plan, ids_digest, merge
+
+    root = minilm_encoding_dir(encoder)
+    if not (root / MERGED).exists():
+        return None
+    plan = Plan(**read_sealed_json(root / PLAN))
+    if plan.ids != ids_digest(ids) or plan.key != encoder.fingerprint:
+        return None
+    log(f"MiniLM: reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
+    return merge(root, log=log)
+
+
 class CoarseStage:
     """BM25 and MiniLM over the benchmark corpus: `search(name, texts, depth)`, and MiniLM's
     embeddings c(x) of the corpus (`corpus_emb`, in `ids` order) and of any query (`encode_queries`)."""
@@ -47,7 +82,8 @@ class CoarseStage:
         t0 = time.perf_counter()
         self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
         self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
-        self.corpus_emb = self.cache.get_or_encode(shown, self.encoder.encode, log=log)
+        encoded = minilm_encoding(self.encoder, self.ids, log)
+        self.corpus_emb = encoded if encoded is not None else self.cache.get_or_encode(shown, self.encoder.encode, log=log)
         self.timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
         self.dense = DenseRetriever(self.ids, self.corpus_emb)
         self.log = log
