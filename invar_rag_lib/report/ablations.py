@@ -10,7 +10,7 @@ import seaborn as sns  # noqa: E402
 
 from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, HEADLINE_K, display_name, ordered  # noqa: E402
-from .style import PAGE_W, dataset_colors, theme  # noqa: E402
+from .style import COLUMN_W, PAGE_W, dataset_colors, theme  # noqa: E402
 
 
 def point_label(point: dict) -> str:
@@ -46,7 +46,7 @@ def ablation_curves(results: dict, k: int = HEADLINE_K):
     # an axis with one point is no sweep (its point is invar itself): left out, and named in the caption
     axes_of = [(axis, label) for axis, label in axes_of
                if sum(p["axis"] == axis for p in results["points"]) >= 2] or axes_of[:1]
-    fig, axes = plt.subplots(2, len(axes_of), figsize=(PAGE_W if len(axes_of) > 1 else PAGE_W * 0.6, 4.2),
+    fig, axes = plt.subplots(2, len(axes_of), figsize=(PAGE_W if len(axes_of) > 1 else COLUMN_W, 4.2),
                              sharey="row", squeeze=False)
     typed = retrievers(results)
     datasets = ordered(next(iter(typed.values())))

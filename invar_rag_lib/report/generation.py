@@ -170,7 +170,8 @@ def generator_loss_curve(results: dict):
     base = results["training"].get("loss_on_sample", {}).get("base model")
     if base is not None:
         ax.axhline(base, ls="--", color="grey", lw=0.8, label="base model, same examples")
-    ax.legend(frameon=False)
+    # above the axes, so no line runs through it
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=1, frameon=False, borderaxespad=0.2)
     fig.tight_layout()
     return fig
 

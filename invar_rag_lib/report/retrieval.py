@@ -10,7 +10,7 @@ import seaborn as sns  # noqa: E402
 
 from ..results import retrievers  # noqa: E402
 from .names import DATASET_NAMES, display_name, ordered, ordered_retrievers  # noqa: E402
-from .style import PAGE_W, PASSAGE_COLORS, marker_of, style_of, theme  # noqa: E402
+from .style import COLUMN_W, LINE, PAGE_W, PASSAGE_COLORS, marker_of, style_of, theme  # noqa: E402
 
 
 def retrieval_table(results: dict, ks=(5, 20), significance_vs: str | None = None) -> pd.DataFrame:
@@ -98,12 +98,17 @@ def lsr_by_environment(results: dict):
     rows = [{"environment": env, "passage": kind, "Q_e(d|q)": v}
             for env, by_kind in results["distributions"].items()
             for kind, values in by_kind.items() for v in values]
-    fig, ax = plt.subplots(figsize=(PAGE_W * 0.7, 2.4))
-    sns.boxplot(data=pd.DataFrame(rows), x="environment", y="Q_e(d|q)", hue="passage", ax=ax, width=0.6,
-                palette=PASSAGE_COLORS, fliersize=1.5, linewidth=0.6)
-    ax.axhline(1.0 / results["group_size"], ls="--", color=PASSAGE_COLORS["uniform"], lw=0.9, label="1/|G(q)| (uniform)")
+    fig, ax = plt.subplots(figsize=(COLUMN_W, 2.6))
+    frame = pd.DataFrame(rows).replace({"passage": {"negative": "hard negative"}})
+    sns.boxplot(data=frame, x="environment", y="Q_e(d|q)", hue="passage", ax=ax, width=0.6,
+                palette={"positive": PASSAGE_COLORS["positive"], "hard negative": PASSAGE_COLORS["negative"]},
+                fliersize=1.5, linewidth=0.6, medianprops={"color": "white", "linewidth": 1.0})
+    # the uniform line behind the boxes, in the loss figures' grey (not a retriever's red)
+    ax.axhline(1.0 / results["group_size"], ls=":", color=LINE, lw=0.9, zorder=0, label="1/|G(q)| (uniform)")
     ax.set_ylabel(r"$Q_e(d|q)$")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, handlelength=1.2,
+              columnspacing=0.8)
     fig.tight_layout()
     return fig
 

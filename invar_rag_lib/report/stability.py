@@ -50,7 +50,7 @@ def stability_bars(results: dict, k: int = HEADLINE_K):
             x = np.arange(len(names)) + (j - (len(datasets) - 1) / 2) * width
             ax.bar(x, [100 * v.mean for v in vals], width, color=palette[j], label=DATASET_NAMES.get(ds, ds),
                    yerr=[[100 * (v.mean - v.low) for v in vals], [100 * (v.high - v.mean) for v in vals]],
-                   capsize=1.5, error_kw={"lw": 0.6})
+                   capsize=1.5, error_kw={"lw": 0.6, "ecolor": "#8c8c8c"})  # visible on dark and light bars
         ax.set_xticks(np.arange(len(names)), [display_name(n) for n in names], rotation=30, ha="right")
         ax.set_ylabel(label)
     axes[0].legend(frameon=False)

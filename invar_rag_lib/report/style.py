@@ -37,7 +37,7 @@ RETRIEVER_STYLE = {
 LINE = "#4a4a4a"
 
 # training-group members (figures 02, 03): dark = positive, light = hard negative
-PASSAGE_COLORS = {"positive": "#3b3b3b", "negative": "#c2c2c2", "uniform": "#b2182b"}
+PASSAGE_COLORS = {"positive": "#3b3b3b", "negative": "#c2c2c2"}
 
 DATASET_COLORS = {"nq": "#08414c", "triviaqa": "#2a8c99", "popqa": "#7cc6cc"}
 _EXTRA = ["#5c5c8a", "#b3b3d9"]
