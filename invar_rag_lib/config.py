@@ -37,6 +37,10 @@ class DataConfig:
     # sample question is a near-duplicate and is left out of training (exact matches always are).
     near_duplicate_jaccard: float = 0.8
     selection_seed: int = 13
+    # "built": the corpus built around the evaluation questions (every shipped profile); "wiki18":
+    # DPR's whole wiki-18 (`invar-rag data fetch --corpus wiki18` first) plus the training stand-ins'
+    # gold passages, in place of the Search-R1 passages and the distractors (docs/paper-scale.md).
+    corpus: str = "built"
 
 
 @dataclass(frozen=True)
@@ -445,6 +449,8 @@ def _validate(p: Profile, where: str) -> None:
             or d.distractor_passages < 0 or d.train_questions_per_source < 0:
         raise ConfigError(f"{where}.data: need eval_questions_per_dataset >= 1, corpus_pool_questions_per_dataset "
                           ">= eval_questions_per_dataset, distractor_passages and train_questions_per_source >= 0")
+    if d.corpus not in ("built", "wiki18"):
+        raise ConfigError(f"{where}.data.corpus must be 'built' or 'wiki18', got {d.corpus!r}")
     if not 0 < d.near_duplicate_jaccard <= 1:
         raise ConfigError(f"{where}.data.near_duplicate_jaccard must lie in (0, 1], got {d.near_duplicate_jaccard}")
     if p.retrieval.bootstrap_resamples < 1:

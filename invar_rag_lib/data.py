@@ -120,9 +120,24 @@ class _CorpusBuilder:
 
 
 def build_key(profile: Profile, input_shas: dict[str, str]) -> str:
-    payload = json.dumps({"data": profile.to_dict()["data"], "inputs": input_shas,
-                          "build_version": BUILD_VERSION}, sort_keys=True)
+    data = dict(profile.to_dict()["data"])
+    if data.get("corpus") == "built":
+        del data["corpus"]  # the default keeps the keys of builds made before the field existed
+    payload = json.dumps({"data": data, "inputs": input_shas, "build_version": BUILD_VERSION}, sort_keys=True)
     return sha256_text(payload)
+
+
+def wiki18_corpus() -> tuple[Path, str]:
+    """The Arrow build of `invar-rag data fetch --corpus wiki18` and its content digest."""
+    root = processed_dir("wiki18")
+    try:
+        from .integrity import read_sealed_json
+
+        manifest = read_sealed_json(root / "manifest.json")
+    except IntegrityError as e:
+        raise FileNotFoundError(f"data.corpus = 'wiki18' needs the wiki-18 build ({e.reason} at {e.path}): run "
+                                "`invar-rag data fetch --corpus wiki18` first") from None
+    return root / "corpus", manifest["source"]["sha256_content"]
 
 
 def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force: bool = False,
@@ -131,6 +146,8 @@ def prepare_benchmark(profile: Profile, sources: str | Path | None = None, force
     source_dir = find_sources(sources)
     out = Path(out_dir) if out_dir else processed_dir(profile.name)
     inputs = {name: _content_digest(source_dir / rel) for name, rel in SOURCE_FILES.items()}
+    if profile.data.corpus == "wiki18":
+        inputs["wiki18"] = wiki18_corpus()[1]
     key = build_key(profile, inputs)
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
@@ -200,8 +217,10 @@ def _build(profile: Profile, source_dir: Path, log=print) -> dict:
         pool_ids |= {f"{ds}:{records[i]['source_id']}" for i in pool}
         eval_rows[ds] = [records[i] for i in pool if i in chosen]
 
-    # Corpus: wiki-18 passages retrieved for the pool questions, NQ gold passages, distractors.
-    for p in src.read_r1_passages(path["r1_passages"]):
+    # Corpus: wiki-18 passages retrieved for the pool questions, NQ gold passages, distractors (with
+    # data.corpus = "wiki18": the whole wiki-18 instead of the retrieved passages and the distractors).
+    whole_wiki18 = cfg.corpus == "wiki18"
+    for p in [] if whole_wiki18 else src.read_r1_passages(path["r1_passages"]):
         if pool_ids.intersection(p["retrieved_for"]):
             corpus.add(p["title"], p["text"], "wiki18")
     for ds in cfg.eval_datasets:
@@ -247,36 +266,48 @@ def _build(profile: Profile, source_dir: Path, log=print) -> dict:
         ids = [corpus.add("", s, "wikiqa") for s in g["positives"]]
         train["wikiqa"].append({"question": g["question"], "golden_answers": g["positives"],
                                 "source_id": f"wikiqa-{i}", "gold_ids": ids})
-    summaries = src.read_wiki_summaries(path["wiki_summaries"])
-    order = _seeded_order(len(summaries), cfg.selection_seed, "distractors")
-    for i in sorted(order[: cfg.distractor_passages]):
-        corpus.add(summaries[i]["title"], summaries[i]["text"], "wikisum")
+    if not whole_wiki18:
+        summaries = src.read_wiki_summaries(path["wiki_summaries"])
+        order = _seeded_order(len(summaries), cfg.selection_seed, "distractors")
+        for i in sorted(order[: cfg.distractor_passages]):
+            corpus.add(summaries[i]["title"], summaries[i]["text"], "wikisum")
 
-    # Which corpus passages hold an answer (DPR has_answer on passage text only).
-    index = AnswerIndex([row["text"] for row in corpus.rows])
-    ids = [row["id"] for row in corpus.rows]
-    for ds in cfg.eval_datasets:
-        for r in eval_rows[ds]:
-            hits = index.passages_with_answer(r["golden_answers"])
-            r["answer_passage_ids"] = [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]
-            r["n_answer_passages"] = len(hits)
-    for source in ("nq_gold", "wikiqa"):
-        for r in train[source]:
-            hits = index.passages_with_answer(r["golden_answers"])
-            r["answer_passage_ids"] = [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]
+    # Which corpus passages hold an answer (DPR has_answer on passage text only): every question's
+    # answers in one pass (with wiki-18, one chunked scan of its 21M passages after the built ones).
+    tqa_all = [(i, r) for i, r in enumerate(src.read_dpr_topics(path["tqa_dev"]))
+               if question_key(r["question"]) not in all_eval_keys]
+    asked = ([r for ds in cfg.eval_datasets for r in eval_rows[ds]] + train["nq_gold"] + train["wikiqa"]
+             + [r for _, r in tqa_all])
+    hits_of = _answer_passages(corpus.rows, [r["golden_answers"] for r in asked], whole_wiki18, log)
+    for r, (n, ids) in zip(asked[:len(asked) - len(tqa_all)], hits_of):
+        r["answer_passage_ids"] = ids
+        r["n_answer_passages"] = n
     # TriviaQA dev has no gold passages: positives are corpus passages that contain an answer.
-    tqa = []
-    for i, r in enumerate(src.read_dpr_topics(path["tqa_dev"])):
-        if question_key(r["question"]) in all_eval_keys:
-            continue
-        hits = index.passages_with_answer(r["golden_answers"])
-        if hits:
-            tqa.append({**r, "source_id": f"tqa-dev-{i}", "gold_ids": [],
-                        "answer_passage_ids": [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]})
+    tqa = [{**r, "source_id": f"tqa-dev-{i}", "gold_ids": [], "answer_passage_ids": ids}
+           for (i, r), (n, ids) in zip(tqa_all, hits_of[len(asked) - len(tqa_all):]) if n]
     order = first(_seeded_order(len(tqa), cfg.selection_seed, "tqa_dev"), tqa, "tqa_dev", n_train)
     train["tqa_dev"] = [tqa[i] for i in sorted(order)]
     return {"eval": eval_rows, "train": train, "corpus": corpus.rows, "all_eval_keys": all_eval_keys,
             "near_duplicates": dropped}
+
+
+def _answer_passages(rows: list[dict], answer_lists: list[list[str]], whole_wiki18: bool,
+                     log=print) -> list[tuple[int, list[str]]]:
+    """Per answer list: how many corpus passages hold an answer, and the first MAX_ANSWER_PASSAGE_IDS
+    of their ids, in corpus order (the built passages, then wiki-18's when it is the corpus)."""
+    index = AnswerIndex([row["text"] for row in rows])
+    ids = [row["id"] for row in rows]
+    out = []
+    for answers in answer_lists:
+        hits = index.passages_with_answer(answers)
+        out.append((len(hits), [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]))
+    if whole_wiki18:
+        from .wiki18 import answer_passages
+
+        log(f"finding the answers of {len(answer_lists)} questions in wiki-18 (chunks in parallel)")
+        more, _ = answer_passages(wiki18_corpus()[0], answer_lists, MAX_ANSWER_PASSAGE_IDS, log=log)
+        out = [(n + m, (a + b)[:MAX_ANSWER_PASSAGE_IDS]) for (n, a), (m, b) in zip(out, more)]
+    return out
 
 
 def _check_no_leakage(built: dict) -> None:
@@ -324,20 +355,25 @@ def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: di
     train_dd = datasets.DatasetDict({s: to_ds([_train_row(s, r) for r in built["train"][s]], qa)
                                      for s in TRAIN_SOURCES})
     corpus = to_ds(built["corpus"], passages)
-    eval_dd.save_to_disk(str(tmp / "eval"))
-    train_dd.save_to_disk(str(tmp / "train"))
-    corpus.save_to_disk(str(tmp / "corpus"))
-
     by_source: dict[str, int] = {}
     for row in built["corpus"]:
         prefix = row["id"].split("-")[0]
         by_source[prefix] = by_source.get(prefix, 0) + 1
+    n_corpus = len(built["corpus"])
+    if profile.data.corpus == "wiki18":  # the built passages, then all of wiki-18 (memory-mapped, not loaded)
+        whole = datasets.load_from_disk(str(wiki18_corpus()[0]))
+        corpus = datasets.concatenate_datasets([corpus, whole.cast(passages)])
+        by_source["wiki18"] = len(whole)
+        n_corpus += len(whole)
+    eval_dd.save_to_disk(str(tmp / "eval"))
+    train_dd.save_to_disk(str(tmp / "train"))
+    corpus.save_to_disk(str(tmp / "corpus"), max_shard_size="500MB")
     counts = {
         "eval": {ds: {"questions": len(rows),
                       "answer_in_corpus": sum(r["n_answer_passages"] > 0 for r in rows)}
                  for ds, rows in built["eval"].items()},
         "train": {s: len(rows) for s, rows in built["train"].items()},
-        "corpus": {"total": len(built["corpus"]), "by_source": dict(sorted(by_source.items()))},
+        "corpus": {"total": n_corpus, "by_source": dict(sorted(by_source.items()))},
     }
     outputs = {str(p.relative_to(tmp)): sha256_file(p)
                for p in sorted(tmp.rglob("*.arrow"))}
@@ -345,7 +381,8 @@ def _save(built: dict, tmp: Path, profile: Profile, source_dir: Path, inputs: di
         "profile": profile.name, "build_key": key, "build_version": BUILD_VERSION,
         "invar_rag_version": __version__, "config": profile.to_dict()["data"],
         "counts": counts, "train_sources": TRAIN_SOURCES,
-        "inputs": {name: {"path": SOURCE_FILES[name], "sha256_content": sha} for name, sha in inputs.items()},
+        "inputs": {name: {"path": SOURCE_FILES.get(name, "wiki18/psgs_w100.tsv.gz"), "sha256_content": sha}
+                   for name, sha in inputs.items()},
         "outputs_sha256": outputs,
         "leakage_check": "passed: no training question (SQuAD-normalised) equals any of the "
                          f"{len(built['all_eval_keys'])} evaluation-sample questions; "

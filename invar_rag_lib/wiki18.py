@@ -161,18 +161,59 @@ def build_corpus(path: str | Path, out: str | Path, log=print) -> int:
     return n
 
 
-def _coverage_chunk(args) -> tuple[list[int], int]:
-    """(passages with an answer, per question) and the number of Search-R1 passages found, in one chunk."""
-    corpus_dir, lo, hi, answers, r1 = args
+def _scan_chunk(args) -> tuple[list[tuple[int, list[str]]], int]:
+    """For one chunk of the corpus: (passages with an answer, their first `max_ids` ids) per answer
+    list, and how many of the `r1` (title, text) pairs appear in it."""
+    corpus_dir, lo, hi, answer_lists, max_ids, r1 = args
     import datasets
 
     from .metrics import AnswerIndex
 
     part = datasets.load_from_disk(corpus_dir).select(range(lo, hi))
-    texts, titles = part["text"], part["title"]
+    texts, titles, ids = part["text"], part["title"], part["id"]
     index = AnswerIndex(texts)
-    found = sum((t, x) in r1 for t, x in zip(titles, texts))
-    return [len(index.passages_with_answer(a)) for a in answers], found
+    found = sum((t, x) in r1 for t, x in zip(titles, texts)) if r1 else 0
+    out = []
+    for answers in answer_lists:
+        hits = index.passages_with_answer(answers)
+        out.append((len(hits), [ids[j] for j in hits[:max_ids]]))
+    return out, found
+
+
+def answer_passages(corpus_dir: str | Path, answer_lists: Sequence[Sequence[str]], max_ids: int = 50,
+                    r1_passages: Sequence[dict] = (), chunk: int = 200_000, workers: int | None = None,
+                    log=print) -> tuple[list[tuple[int, list[str]]], int]:
+    """DPR's has_answer of each answer list over the whole Arrow corpus at `corpus_dir`, chunk by chunk
+    in `workers` processes (the corpus is never in memory whole): per list, the number of passages
+    holding an answer and the first `max_ids` of their ids, in corpus order; and how many of
+    `r1_passages` appear verbatim."""
+    import datasets
+    from multiprocessing import get_context
+
+    n = len(datasets.load_from_disk(str(corpus_dir)))
+    r1 = {(p["title"], p["text"]) for p in r1_passages}
+    lists = [list(a) for a in answer_lists]
+    jobs = [(str(corpus_dir), lo, min(n, lo + chunk), lists, max_ids, r1) for lo in range(0, n, chunk)]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    totals: list[tuple[int, list[str]]] = [(0, []) for _ in lists]
+    found = 0
+
+    def add(result):
+        nonlocal totals, found
+        part, f = result
+        totals = [(c + pc, (ids + pids)[:max_ids]) for (c, ids), (pc, pids) in zip(totals, part)]
+        found += f
+
+    if workers > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            for i, result in enumerate(pool.imap(_scan_chunk, jobs), start=1):  # in order: ids stay in corpus order
+                add(result)
+                if i % 10 == 0:
+                    log(f"  answer scan: {i} of {len(jobs)} chunks of {chunk:,} passages")
+    else:
+        for job in jobs:
+            add(_scan_chunk(job))
+    return totals, found
 
 
 def coverage(corpus_dir: str | Path, questions: Sequence[dict], r1_passages: Sequence[dict] = (),
@@ -180,24 +221,11 @@ def coverage(corpus_dir: str | Path, questions: Sequence[dict], r1_passages: Seq
     """How many wiki-18 passages hold an answer of each question (DPR's has_answer, as the benchmark
     build records for its own corpus), and how many of the Search-R1 passages appear verbatim."""
     import datasets
-    from multiprocessing import get_context
 
     n = len(datasets.load_from_disk(str(corpus_dir)))
-    answers = [q["answers"] for q in questions]
-    r1 = {(p["title"], p["text"]) for p in r1_passages}
-    jobs = [(str(corpus_dir), lo, min(n, lo + chunk), answers, r1) for lo in range(0, n, chunk)]
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    counts, found = [0] * len(questions), 0
-    if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
-            results = pool.imap(_coverage_chunk, jobs)
-            for i, (c, f) in enumerate(results, start=1):
-                counts, found = [a + b for a, b in zip(counts, c)], found + f
-                if i % 10 == 0:
-                    log(f"  coverage: {i} of {len(jobs)} chunks")
-    else:
-        for c, f in map(_coverage_chunk, jobs):
-            counts, found = [a + b for a, b in zip(counts, c)], found + f
+    hits, found = answer_passages(corpus_dir, [q["answers"] for q in questions], 0, r1_passages, chunk,
+                                  workers, log)
+    counts = [c for c, _ in hits]
     per_dataset: dict[str, dict] = {}
     for q, c in zip(questions, counts):
         d = per_dataset.setdefault(q["dataset"], {"questions": 0, "answer_in_corpus": 0})
@@ -205,12 +233,12 @@ def coverage(corpus_dir: str | Path, questions: Sequence[dict], r1_passages: Seq
         d["answer_in_corpus"] += c > 0
     return {"passages": n, "by_dataset": per_dataset,
             "n_answer_passages": {q["id"]: c for q, c in zip(questions, counts)},
-            "search_r1_passages_found": {"found": found, "of": len(r1)}}
+            "search_r1_passages_found": {"found": found, "of": len(r1_passages)}}
 
 
 def prepare_wiki18(dest: str | Path | None = None, mirror: str | None = None, profile_name: str = "paper",
                    force: bool = False, rows: int | None = None, sha256: str | None = None,
-                   workers: int | None = None, log=print) -> dict:
+                   workers: int | None = None, bench=None, log=print) -> dict:
     """`invar-rag data fetch --corpus wiki18`: fetch (or check) the file, build
     `data/processed/wiki18/corpus/` and write `data/processed/wiki18/manifest.json` with the fetch
     record and the answer coverage of `profile_name`'s evaluation questions (when that benchmark is
@@ -225,16 +253,17 @@ def prepare_wiki18(dest: str | Path | None = None, mirror: str | None = None, pr
     root.mkdir(parents=True, exist_ok=True)
     n = build_corpus(path, root / "corpus", log=log)
     manifest: dict = {"source": record, "passages": n}
-    try:
-        from .data import load_benchmark
+    if bench is None:
+        try:
+            from .data import load_benchmark
 
-        bench = load_benchmark(profile_name)
-    except Exception as e:  # noqa: BLE001 - coverage is optional: say why it is missing
-        log(f"answer coverage skipped: no built benchmark for profile {profile_name!r} ({str(e)[:120]}); run "
-            f"`invar-rag data prepare --profile {profile_name}`, then this command again")
-        bench = None
+            bench = load_benchmark(profile_name)
+        except Exception as e:  # noqa: BLE001 - coverage is optional: say why it is missing
+            log(f"answer coverage skipped: no built benchmark for profile {profile_name!r} ({str(e)[:120]}); run "
+                f"`invar-rag data prepare --profile {profile_name}`, then this command again")
     if bench is not None:
-        questions = [{**r, "dataset": ds} for ds in bench.eval for r in bench.eval_records(ds)]
+        questions = [{"id": r["id"], "dataset": ds, "answers": r["golden_answers"]}
+                     for ds in bench.eval for r in bench.eval_records(ds)]
         try:
             from .sources import read_r1_passages
             from .paths import SOURCE_FILES

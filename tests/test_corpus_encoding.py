@@ -181,3 +181,27 @@ def test_the_coarse_stage_reads_minilms_sharded_encoding(built_tiny, tmp_path):
     after = CoarseStage(profile, bench, log=said.append)
     assert any("MiniLM: reading the corpus encoding" in s for s in said)
     assert after.search("minilm", questions, 10) == ranked
+
+
+def test_a_corpus_too_large_for_one_process_is_refused_with_the_command_to_run(built_tiny, tmp_path, monkeypatch):
+    from conftest import tiny_profile_dict
+
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.llm.backbone import Backbone
+    from invar_rag_lib.llm.retriever import LLMRetriever
+    from invar_rag_lib.retrieval import coarse, shards
+
+    _, bench = built_tiny
+    monkeypatch.setattr(shards, "IN_PROCESS_MAX", 10)
+    monkeypatch.setattr(coarse, "IN_PROCESS_MAX", 10)
+    profile = profile_from_dict(tiny_profile_dict(tmp_path / "reports"))
+    with pytest.raises(RuntimeError, match="encode-corpus --profile tiny --variant minilm"):
+        coarse.CoarseStage(profile, bench, log=lambda *a: None)
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "mode": "full"}
+    values["stage1"] = {"windows": [12]}
+    profile = profile_from_dict(values)
+    stage = LLMRetriever.from_profile(Backbone.from_profile(profile, log=lambda *a: None), profile, bench.passages(),
+                                      name="invar")
+    with pytest.raises(RuntimeError, match="encode-corpus --variant invar"):
+        stage.search(bench.eval_records("nq"), 5)

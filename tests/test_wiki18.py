@@ -117,3 +117,51 @@ def test_cli_fetch_wiki18_builds_and_says_why_coverage_is_missing(tmp_path, mirr
     assert "answer coverage skipped: no built benchmark for profile 'smoke'" in out
     manifest = json.loads((isolated_home / "data" / "processed" / "wiki18" / "manifest.json").read_text())
     assert manifest["passages"] == ROWS and manifest["source"]["rows"] == ROWS
+
+
+def test_prepare_records_the_coverage_of_a_built_benchmarks_questions(tmp_path, mirror, built_tiny):
+    from invar_rag_lib.wiki18 import prepare_wiki18
+
+    _, bench = built_tiny
+    manifest = prepare_wiki18(tmp_path / "src", mirror(_tsv()), rows=ROWS, bench=bench, workers=1, log=lambda *a: None)
+    cov = manifest["coverage"]
+    n_eval = sum(len(bench.eval[ds]) for ds in bench.eval)
+    assert sum(d["questions"] for d in cov["by_dataset"].values()) == n_eval == len(cov["n_answer_passages"])
+    assert cov["passages"] == ROWS and manifest["source"]["rows"] == ROWS
+
+
+def test_a_benchmark_built_on_wiki18_holds_it_whole_and_counts_answers_in_it(tmp_path, mirror, isolated_home):
+    """data.corpus = "wiki18": the built passages the training stand-ins need, then every wiki-18 row;
+    no Search-R1 passages or distractors; each evaluation question's answer count is has_answer over
+    the whole corpus, and the build key covers the wiki-18 content."""
+    import datasets
+
+    from conftest import tiny_profile_dict, write_tiny_sources
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.data import load_benchmark, prepare_benchmark
+    from invar_rag_lib.metrics import AnswerIndex
+    from invar_rag_lib.wiki18 import prepare_wiki18
+
+    content = _tsv().replace(b"passage 7 about", b"Canberra and 1989 and passage 7 about")
+    sources = write_tiny_sources(tmp_path / "sources")
+    values = tiny_profile_dict(tmp_path / "reports")
+    with pytest.raises(FileNotFoundError, match="invar-rag data fetch --corpus wiki18"):
+        prepare_benchmark(profile_from_dict({**values, "data": {**values["data"], "corpus": "wiki18"}}),
+                          sources=sources, log=lambda *a: None)
+    prepare_wiki18(tmp_path / "src", mirror(content), rows=ROWS, workers=1, log=lambda *a: None)
+    built = prepare_benchmark(profile_from_dict(values), sources=sources, log=lambda *a: None)
+    whole = prepare_benchmark(profile_from_dict({**values, "data": {**values["data"], "corpus": "wiki18"}}),
+                              sources=sources, out_dir=tmp_path / "w", log=lambda *a: None)
+    assert whole["build_key"] != built["build_key"]
+    by_source = whole["counts"]["corpus"]["by_source"]
+    assert by_source["wiki18"] == ROWS and "wikisum" not in by_source
+    assert whole["counts"]["corpus"]["total"] == sum(by_source.values())
+    bench = load_benchmark("tiny", tmp_path / "w")
+    texts = datasets.load_from_disk(str(tmp_path / "w" / "corpus"))["text"]
+    assert len(texts) == whole["counts"]["corpus"]["total"]
+    index = AnswerIndex(texts)
+    for ds in bench.eval:
+        for r in bench.eval_records(ds):
+            assert r["metadata"]["n_answer_passages"] == len(index.passages_with_answer(r["golden_answers"]))
+    canberra = [r for ds in bench.eval for r in bench.eval_records(ds) if "Canberra" in r["golden_answers"]]
+    assert canberra and "wiki18:7" in canberra[0]["metadata"]["answer_passage_ids"]

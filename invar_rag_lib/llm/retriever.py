@@ -221,7 +221,7 @@ class LLMRetriever:
         """Every passage's h(d) for full search: the merged sharded encoding when `encode-corpus` made
         one for this value and corpus, else `passage_reps` (in this process)."""
         from ..integrity import read_sealed_json
-        from ..retrieval.shards import MERGED, PLAN, Plan, ids_digest, merge
+        from ..retrieval.shards import IN_PROCESS_MAX, MERGED, PLAN, Plan, ids_digest, merge
 
         root = self.encoding_dir()
         if (root / MERGED).exists():
@@ -229,6 +229,10 @@ class LLMRetriever:
             if plan.ids == ids_digest(pids) and plan.key == self.key:
                 self.backbone.log(f"{self.name}: reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
                 return merge(root, log=self.backbone.log)  # checked against its digest (re-merged if damaged)
+        if len(pids) > IN_PROCESS_MAX:
+            raise RuntimeError(f"{self.name}: {len(pids):,} passages are encoded only by `invar-rag encode-corpus "
+                               f"--variant {self.name}` (sharded over processes, resumable), not inside this process; "
+                               "run it, then this step again")
         return self.passage_reps(pids, memo, persist)
 
     # --- retrieval ------------------------------------------------------------------------------

@@ -446,8 +446,9 @@ def _costs(reports: Reports, status: dict[str, str]) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not the record `benchmarks/test_suite.py` writes ({e}); delete it or rerun "
                          "the benchmark") from None
-    reports.write_table(table, "costs", caption=f"What the two commands cost on their last measured runs ({reports.profile.name} "
-                        "profile; wall minutes, and minutes normalised by the fp32 matmul speed measured in the same run)")
+    reports.write_table(table, "costs", caption=f"Last measured runs of the two commands ({reports.profile.name} profile; "
+                        "recorded by `make reproduce` and by `benchmarks/test_suite.py`), in wall minutes and in "
+                        "minutes normalised by the fp32 matmul speed measured in the same run")
     status["costs"] = "ok"
 
 

@@ -18,6 +18,7 @@ from ..llm.device import compute_device
 from ..paths import cache_dir
 from .bm25 import BM25Retriever
 from .dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
+from .shards import IN_PROCESS_MAX
 
 
 def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], dict[str, str]]:
@@ -83,6 +84,9 @@ class CoarseStage:
         self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
         self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
         encoded = minilm_encoding(self.encoder, self.ids, log)
+        if encoded is None and len(self.ids) > IN_PROCESS_MAX:
+            raise RuntimeError(f"MiniLM: {len(self.ids):,} passages are encoded only by `invar-rag encode-corpus "
+                               f"--profile {profile.name} --variant minilm` (sharded, resumable); run it first")
         self.corpus_emb = encoded if encoded is not None else self.cache.get_or_encode(shown, self.encoder.encode, log=log)
         self.timings["minilm_corpus_encode_s"] = time.perf_counter() - t0
         self.dense = DenseRetriever(self.ids, self.corpus_emb)

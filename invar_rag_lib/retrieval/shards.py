@@ -26,6 +26,9 @@ import numpy as np
 from ..integrity import IntegrityError, read_sealed, read_sealed_json, write_sealed, write_sealed_json
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+# Above this many passages a corpus is encoded only by `invar-rag encode-corpus` (sharded, resumable),
+# never inside a notebook's process: wiki-18's 21M passages would take days there and fill the disk.
+IN_PROCESS_MAX = 1_000_000
 PLAN, MERGED = "plan.json", "reps.npy"
 
 
