@@ -205,3 +205,36 @@ def test_a_corpus_too_large_for_one_process_is_refused_with_the_command_to_run(b
                                       name="invar")
     with pytest.raises(RuntimeError, match="encode-corpus --variant invar"):
         stage.search(bench.eval_records("nq"), 5)
+
+
+def test_a_value_builds_its_search_index_once(built_tiny, tmp_path, monkeypatch):
+    """Searching once per dataset and per rewrite must not re-train an approximate index of millions
+    of passages each time: a value keeps the index its first search built (and logs its recall once)."""
+    from conftest import tiny_profile_dict
+
+    from invar_rag_lib.config import profile_from_dict
+    from invar_rag_lib.llm.backbone import Backbone
+    from invar_rag_lib.llm.retriever import LLMRetriever
+    from invar_rag_lib.retrieval import dense
+
+    _, bench = built_tiny
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
+                           "mode": "full", "index": "hnsw"}
+    values["stage1"] = {"windows": [12]}
+    profile = profile_from_dict(values)
+    built = []
+    real = dense.DenseRetriever.__init__
+
+    def counting(self, *a, **k):
+        built.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(dense.DenseRetriever, "__init__", counting)
+    said: list = []
+    stage = LLMRetriever.from_profile(Backbone.from_profile(profile, log=said.append), profile, bench.passages(),
+                                      weights=None, name="llm-zero")
+    runs = [stage.search(bench.eval_records(ds), 3) for ds in ("nq", "triviaqa", "nq")]
+    assert len(built) == 1 and runs[0] == runs[2]
+    assert sum("recall@" in s for s in said) == 1
+    assert len(stage.replace(name="other")._search_index(None, False).ids) == len(bench.passages()) and len(built) == 2

@@ -215,6 +215,7 @@ class LLMRetriever:
 
         encode_sharded(self.encoding_dir(), pids, lambda rows: [self.passage_text(pids[i]) for i in rows], encode,
                        self.key, shard_size=shard_size, batch_size=bb.encode_batch_size, dtype=dtype, log=log)
+        self.__dict__.pop("_index_cache", None)  # the next search reads the encoding
         return merge(self.encoding_dir(), log=log)
 
     def corpus_reps(self, pids: Sequence[str], memo: dict | None = None, persist: bool = False):
@@ -265,17 +266,28 @@ class LLMRetriever:
                memo: dict | None = None, persist: bool = False) -> dict[str, list[str]]:
         """Full retrieval: every corpus passage scored by s_θ(q, d), the top `k` per question (exact
         inner product, `DenseRetriever`); returns qid -> ranked ids."""
-        from ..retrieval.dense import DenseRetriever
-
         if not questions:
             return {}
-        pids = list(self.passages)
-        index = DenseRetriever(pids, self.corpus_reps(pids, memo, persist), index=self.index,
-                               nlist=self.index_nlist, nprobe=self.index_nprobe, pq_m=self.index_pq_m,
-                               gpus=self.index_gpus)
+        index = self._search_index(memo, persist)
+        first = index.recall is None
         ranked, _ = index.search_embeddings(self._query_reps_for(questions, query_texts), k)
-        if index.recall is not None:
-            self.backbone.log(f"{self.name}: {self.index} index over {len(pids)} passages, recall@{min(k, len(pids))} "
-                              f"against exact search {index.recall:.3f} (on {min(len(questions), index.RECALL_SAMPLE)} "
-                              "queries)")
+        if first and index.recall is not None:
+            self.backbone.log(f"{self.name}: {self.index} index over {len(index.ids)} passages, recall@"
+                              f"{min(k, len(index.ids))} against exact search {index.recall:.3f} (on "
+                              f"{min(len(questions), index.RECALL_SAMPLE)} queries)")
         return {q["id"]: r for q, r in zip(questions, ranked)}
+
+    def _search_index(self, memo: dict | None, persist: bool):
+        """The index over every passage, built on this value's first search and kept with it (a value's
+        representations never change; an approximate index of millions of passages takes minutes to
+        train and fill, and a run searches once per dataset and per query rewrite)."""
+        from ..retrieval.dense import DenseRetriever
+
+        index = self.__dict__.get("_index_cache")
+        if index is None:
+            pids = list(self.passages)
+            index = DenseRetriever(pids, self.corpus_reps(pids, memo, persist), index=self.index,
+                                   nlist=self.index_nlist, nprobe=self.index_nprobe, pq_m=self.index_pq_m,
+                                   gpus=self.index_gpus)
+            self.__dict__["_index_cache"] = index  # a frozen dataclass: kept as functools.cached_property does
+        return index
