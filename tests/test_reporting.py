@@ -258,3 +258,9 @@ def test_costs_table_is_generated_from_the_recorded_runs():
     assert list(df.index) == ["`make reproduce`: 2 notebooks", "`make test`: unit tests (5 passed, 1 skipped)"]
     assert df.iloc[0]["wall min"] == 3.0 and df.iloc[0].iloc[1] == 6.0 and df.iloc[1].iloc[1] == 3.0
     assert list(costs_table(timings, None).index) == ["`make reproduce`: 2 notebooks"]
+
+
+def test_markdown_keeps_each_columns_type():
+    """A row of ints and floats is not printed as floats (`iterrows` turned a count of 199 into 199.0)."""
+    df = pd.DataFrame({"questions": [199, 100], "EM": [8.0, 15.1]}, index=["a", "b"]).rename_axis("row")
+    assert to_markdown(df).splitlines()[2:] == ["| a | 199 | 8.0 |", "| b | 100 | 15.1 |"]

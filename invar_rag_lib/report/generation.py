@@ -110,10 +110,11 @@ def generation_pvalues(results: dict) -> pd.DataFrame:
 
 def decode_speed_table(results: dict) -> pd.DataFrame:
     """Decoding throughput per row (uncached prompts only; the shared prefix is counted once)."""
-    rows = {row: {"prompts": s["prompts"], "prompt tokens": s["prompt_tokens"],
-                  "generated tokens": s["generated_tokens"], "seconds": s["seconds"],
-                  "tokens/s": s["tokens_per_s"]} for row, s in results["decode_speed"].items()}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("row")
+    rows = {row: {"prompts": int(s["prompts"]), "prompt tokens": int(s["prompt_tokens"]),
+                  "generated tokens": int(s["generated_tokens"]), "seconds": round(s["seconds"], 1),
+                  "tokens/s": round(s["tokens_per_s"])} for row, s in results["decode_speed"].items()}
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("row")
+    return df.astype({"prompts": int, "prompt tokens": int, "generated tokens": int, "tokens/s": int})
 
 
 def generator_training_table(results: dict) -> pd.DataFrame:

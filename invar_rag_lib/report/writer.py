@@ -120,8 +120,8 @@ def to_markdown(df, caption: str = "") -> str:
     index_name = df.index.name or ""
     header = [index_name] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for idx, row in df.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row.tolist()]) + " |")
+    for idx, *values in df.itertuples(index=True, name=None):  # per column's own type (iterrows makes 199 199.0)
+        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in values]) + " |")
     return (f"{caption}\n\n" if caption else "") + "\n".join(lines) + "\n"
 
 
