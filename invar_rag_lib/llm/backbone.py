@@ -180,16 +180,20 @@ class Backbone:
                                            persist=split > 0)
         return self._trunks[key]
 
-    def states(self, texts: Sequence[str], window: int, split: int | None = None) -> list[torch.Tensor]:
+    def states(self, texts: Sequence[str], window: int, split: int | None = None,
+               cache: bool = True) -> list[torch.Tensor]:
         """Trunk states (the input of layer `split`; default the retriever's) of `texts` read as the
         retriever reads them: at most `window - 1` tokens, then EOS. Computed with every adapter
-        off (the trunk is base weights), once per (text, window)."""
+        off (the trunk is base weights), once per (text, window); with `cache=False` computed and not
+        kept (a corpus of millions of passages is encoded once, and its trunk states would fill the disk)."""
         split = self.split(RETRIEVER) if split is None else split
 
         def compute(batch_texts):
             with self.adapter(None):
                 return trunk_states(self.model, tokenize(self.tokenizer, batch_texts, window, self.padding_side), split)
 
+        if not cache:
+            return compute(list(texts))
         return self.trunk(split).get_or_compute(texts, window, compute, self.encode_batch_size, log=self.log)
 
     def rep_store(self, key: str) -> TrunkCache:

@@ -157,13 +157,17 @@ class LLMRetriever:
         """s_θ(q, d) = h(q)·h(d) / τ_r for every pair: [Q, D] x [P, D] -> [Q, P]."""
         return q_reps @ p_reps.T / self.tau_r
 
+    def _top(self, enc: TopEncoder, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """h(x) of trunk `states` through the top layers, `score_batch_size` at a time, float32 on the CPU."""
+        return torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(list(states), self.score_batch_size)])
+
     @torch.no_grad()
     def query_reps(self, texts: Sequence[str]) -> torch.Tensor:
         """h(q) for already formatted query `texts`, as float32 on the CPU, where passage reps live."""
         enc = self.encoder().eval()
         with self.active():
             states = self.backbone.states(list(texts), self.query_max_len)
-            return torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(states, self.score_batch_size)])
+            return self._top(enc, states)
 
     @torch.no_grad()
     def passage_reps(self, pids: Sequence[str], memo: dict | None = None, persist: bool = False) -> torch.Tensor:
@@ -179,7 +183,7 @@ class LLMRetriever:
             def compute(texts: list[str]) -> list[torch.Tensor]:
                 with self.active():
                     states = self.backbone.states(texts, self.max_len)
-                    reps = torch.cat([enc.encode(chunk).float().cpu() for chunk in _chunks(states, self.score_batch_size)])
+                    reps = self._top(enc, states)
                 return [r.clone() for r in reps]  # one storage each: safetensors refuses shared ones
 
             texts = [self.passage_text(p) for p in todo]
@@ -199,19 +203,14 @@ class LLMRetriever:
         resumable (retrieval/shards.py); returns the merged array (a memory map)."""
         from ..retrieval.shards import encode_sharded, merge
 
-        from .encoder import tokenize, trunk_states
-
         pids, bb = list(self.passages), self.backbone
         enc = self.encoder().eval()
 
         @torch.no_grad()
         def encode(texts):
-            # the trunk states straight from the model: a corpus this size is encoded once, and caching
-            # its trunk states (as evaluation does for a few thousand passages) would fill the disk
-            with bb.adapter(None):
-                states = trunk_states(bb.model, tokenize(bb.tokenizer, texts, self.max_len, bb.padding_side), self.split)
+            states = bb.states(texts, self.max_len, cache=False)  # encoded once: no trunk cache
             with self.active():
-                return torch.cat([enc.encode(c).float().cpu() for c in _chunks(states, self.score_batch_size)]).numpy()
+                return self._top(enc, states).numpy()
 
         encode_sharded(self.encoding_dir(), pids, lambda rows: [self.passage_text(pids[i]) for i in rows], encode,
                        self.key, shard_size=shard_size, batch_size=bb.encode_batch_size, dtype=dtype, log=log)
@@ -221,15 +220,12 @@ class LLMRetriever:
     def corpus_reps(self, pids: Sequence[str], memo: dict | None = None, persist: bool = False):
         """Every passage's h(d) for full search: the merged sharded encoding when `encode-corpus` made
         one for this value and corpus, else `passage_reps` (in this process)."""
-        from ..integrity import read_sealed_json
-        from ..retrieval.shards import IN_PROCESS_MAX, MERGED, PLAN, Plan, ids_digest, merge
+        from ..retrieval.shards import IN_PROCESS_MAX, read_encoding
 
-        root = self.encoding_dir()
-        if (root / MERGED).exists():
-            plan = Plan(**read_sealed_json(root / PLAN))
-            if plan.ids == ids_digest(pids) and plan.key == self.key:
-                self.backbone.log(f"{self.name}: reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
-                return merge(root, log=self.backbone.log)  # checked against its digest (re-merged if damaged)
+        encoded = read_encoding(self.encoding_dir(), pids, self.key,
+                                log=lambda m: self.backbone.log(f"{self.name}: {m}"))
+        if encoded is not None:
+            return encoded
         if len(pids) > IN_PROCESS_MAX:
             raise RuntimeError(f"{self.name}: {len(pids):,} passages are encoded only by `invar-rag encode-corpus "
                                f"--variant {self.name}` (sharded over processes, resumable), not inside this process; "

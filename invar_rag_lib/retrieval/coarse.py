@@ -18,7 +18,7 @@ from ..llm.device import compute_device
 from ..paths import cache_dir
 from .bm25 import BM25Retriever
 from .dense import DenseRetriever, EmbeddingCache, MiniLMEncoder
-from .shards import IN_PROCESS_MAX
+from .shards import IN_PROCESS_MAX, read_encoding
 
 
 def passage_strings(bench: Benchmark, fmt: str) -> tuple[list[str], list[str], dict[str, str]]:
@@ -51,21 +51,6 @@ def encode_corpus_minilm(profile: Profile, bench: Benchmark, log=print):
     return merge(root, log=log)
 
 
-def minilm_encoding(encoder: MiniLMEncoder, ids: Sequence[str], log=print):
-    """The merged sharded encoding of exactly this corpus, when `encode-corpus` made one; else None."""
-    from ..integrity import read_sealed_json
-    from .shards import MERGED, PLAN, Plan, ids_digest, merge
-
-    root = minilm_encoding_dir(encoder)
-    if not (root / MERGED).exists():
-        return None
-    plan = Plan(**read_sealed_json(root / PLAN))
-    if plan.ids != ids_digest(ids) or plan.key != encoder.fingerprint:
-        return None
-    log(f"MiniLM: reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
-    return merge(root, log=log)
-
-
 class CoarseStage:
     """BM25 and MiniLM over the benchmark corpus: `search(name, texts, depth)`, and MiniLM's
     embeddings c(x) of the corpus (`corpus_emb`, in `ids` order) and of any query (`encode_queries`)."""
@@ -83,7 +68,8 @@ class CoarseStage:
         t0 = time.perf_counter()
         self.encoder = MiniLMEncoder(cfg.minilm_max_seq_length, cfg.minilm_batch_size, str(compute_device()))
         self.cache = EmbeddingCache(cache_dir() / "embeddings", self.encoder.fingerprint)
-        encoded = minilm_encoding(self.encoder, self.ids, log)
+        encoded = read_encoding(minilm_encoding_dir(self.encoder), self.ids, self.encoder.fingerprint,
+                                log=lambda m: log(f"MiniLM: {m}"))
         if encoded is None and len(self.ids) > IN_PROCESS_MAX:
             raise RuntimeError(f"MiniLM: {len(self.ids):,} passages are encoded only by `invar-rag encode-corpus "
                                f"--profile {profile.name} --variant minilm` (sharded, resumable); run it first")

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..integrity import IntegrityError, read_sealed, read_sealed_json, write_sealed, write_sealed_json
+from ..integrity import IntegrityError, digest_path, read_sealed, read_sealed_json, write_sealed, write_sealed_json
+from ..io_utils import atomic_write_text, sha256_file
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # Above this many passages a corpus is encoded only by `invar-rag encode-corpus` (sharded, resumable),
@@ -89,16 +90,18 @@ def _check_plan(root: Path, plan: Plan) -> None:
                          f"there, { {k: plan.__dict__[k] for k in diff} } now); delete it or choose another folder")
 
 
-def _valid_shard(path: Path, plan: Plan, shard: int) -> bool:
+def _read_shard(path: Path, plan: Plan, shard: int) -> np.ndarray | None:
+    """The shard's representations, checked against its digest and the plan; None when it is
+    missing, unsealed, damaged or of another shape (then it is encoded again)."""
     if not path.exists():
-        return False
+        return None
     try:
         from safetensors.numpy import load
 
         reps = load(read_sealed(path))["reps"]
     except Exception:  # noqa: BLE001 - damaged, unsealed or unreadable: encode it again
-        return False
-    return reps.shape[0] == len(plan.rows(shard)) and reps.dtype == DTYPES[plan.dtype]
+        return None
+    return reps if reps.shape[0] == len(plan.rows(shard)) and reps.dtype == DTYPES[plan.dtype] else None
 
 
 def encode_sharded(root: str | Path, ids: Sequence[str], texts: Callable[[Sequence[int]], list[str]],
@@ -121,12 +124,13 @@ def encode_sharded(root: str | Path, ids: Sequence[str], texts: Callable[[Sequen
     barrier()
     _check_plan(root, plan)
     mine = list(range(rank, plan.shards, world))
-    done = [s for s in mine if _valid_shard(_shard_path(root, s), plan, s)]
+    done = [s for s in mine if _read_shard(_shard_path(root, s), plan, s) is not None]
     if done:
         log(f"process {rank}/{world}: {len(done)} of its {len(mine)} shards already encoded (resuming)")
     from safetensors.numpy import save
 
-    for n, shard in enumerate(s for s in mine if s not in set(done)):
+    todo = [s for s in mine if s not in set(done)]
+    for n, shard in enumerate(todo):
         rows = plan.rows(shard)
         batch_texts = texts(rows)
         parts = [np.asarray(encode(batch_texts[i:i + batch_size]), dtype=np.float32)
@@ -134,7 +138,7 @@ def encode_sharded(root: str | Path, ids: Sequence[str], texts: Callable[[Sequen
         reps = np.concatenate(parts).astype(DTYPES[dtype])
         write_sealed(_shard_path(root, shard), save({"reps": np.ascontiguousarray(reps)},
                                                     metadata={"first": str(rows.start), "key": key}))
-        if (n + 1) % 10 == 0 or n + 1 == len(mine) - len(done):
+        if (n + 1) % 10 == 0 or n + 1 == len(todo):
             log(f"process {rank}/{world}: {len(done) + n + 1} of {len(mine)} shards encoded")
     barrier()
     return plan
@@ -142,52 +146,61 @@ def encode_sharded(root: str | Path, ids: Sequence[str], texts: Callable[[Sequen
 
 def merge(root: str | Path, log=print) -> np.ndarray:
     """All shards in corpus order as one read-only array (a memory map of the sealed `reps.npy`,
-    written here once, shard by shard, by the main process)."""
+    written here once, shard by shard, by the main process; each shard read and checked once)."""
     root = Path(root)
     plan = Plan(**read_sealed_json(root / PLAN))
     out = root / MERGED
     rank, _, barrier = _process()
     if rank == 0 and not _valid_merged(out, plan):
-        from safetensors.numpy import load
-
         tmp = out.with_name(f".{out.name}.tmp")
-        first = load(read_sealed(_shard_path(root, 0)))["reps"]
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPES[plan.dtype], shape=(plan.count, first.shape[1]))
+        arr = None
         for shard in range(plan.shards):
             path = _shard_path(root, shard)
-            if not _valid_shard(path, plan, shard):
+            reps = _read_shard(path, plan, shard)
+            if reps is None:
                 raise IntegrityError(path, "missing or damaged: run the encode again (it resumes) before merging")
+            if arr is None:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=reps.dtype, shape=(plan.count, reps.shape[1]))
             rows = plan.rows(shard)
-            arr[rows.start:rows.stop] = load(read_sealed(path))["reps"]
+            arr[rows.start:rows.stop] = reps
+        dim = arr.shape[1]
         arr.flush()
         del arr
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
+        digest = sha256_file(tmp)
         tmp.replace(out)
-        (root / f"{MERGED}.sha256").write_text(f"{h.hexdigest()}  {MERGED}\n")
-        log(f"merged {plan.shards} shards into {out} ({plan.count} x {first.shape[1]} {plan.dtype})")
+        atomic_write_text(digest_path(out), f"{digest}  {MERGED}\n")
+        stat = out.stat()
+        _VERIFIED[out.resolve()] = (stat.st_size, stat.st_mtime_ns)  # just hashed: no second pass
+        log(f"merged {plan.shards} shards into {out} ({plan.count} x {dim} {plan.dtype})")
     barrier()
     return np.load(out, mmap_mode="r")
+
+
+def read_encoding(root: str | Path, ids: Sequence[str], key: str, log=print) -> np.ndarray | None:
+    """The merged encoding under `root` when it was made for exactly this corpus (`ids`, in order) and
+    encoder (`key`); None when there is none (the caller encodes in its own process)."""
+    root = Path(root)
+    if not (root / MERGED).exists():
+        return None
+    plan = Plan(**read_sealed_json(root / PLAN))
+    if plan.ids != ids_digest(ids) or plan.key != key:
+        return None
+    log(f"reading the corpus encoding {root} ({plan.count} passages, {plan.dtype})")
+    return merge(root, log=log)  # checked against its digest (merged again from the shards if damaged)
 
 
 _VERIFIED: dict[Path, tuple[int, int]] = {}  # merged files this process has hashed: (size, mtime)
 
 
 def _valid_merged(path: Path, plan: Plan) -> bool:
-    digest = path.with_name(path.name + ".sha256")
+    digest = digest_path(path)
     if not path.exists() or not digest.exists():
         return False
     stat = path.stat()
     if _VERIFIED.get(path.resolve()) == (stat.st_size, stat.st_mtime_ns):
         return True  # hashed by this process already and unchanged since (160 GiB for wiki-18 at 4,096 dims)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    arr = np.load(path, mmap_mode="r")
-    ok = digest.read_text().split()[0] == h.hexdigest() and arr.shape[0] == plan.count
+    ok = (digest.read_text().split()[:1] == [sha256_file(path)]
+          and np.load(path, mmap_mode="r").shape[0] == plan.count)
     if ok:
         _VERIFIED[path.resolve()] = (stat.st_size, stat.st_mtime_ns)
     return ok
