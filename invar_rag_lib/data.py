@@ -295,12 +295,8 @@ def _answer_passages(rows: list[dict], answer_lists: list[list[str]], whole_wiki
                      log=print) -> list[tuple[int, list[str]]]:
     """Per answer list: how many corpus passages hold an answer, and the first MAX_ANSWER_PASSAGE_IDS
     of their ids, in corpus order (the built passages, then wiki-18's when it is the corpus)."""
-    index = AnswerIndex([row["text"] for row in rows])
-    ids = [row["id"] for row in rows]
-    out = []
-    for answers in answer_lists:
-        hits = index.passages_with_answer(answers)
-        out.append((len(hits), [ids[j] for j in hits[:MAX_ANSWER_PASSAGE_IDS]]))
+    out = AnswerIndex([row["text"] for row in rows]).hits(answer_lists, [row["id"] for row in rows],
+                                                          MAX_ANSWER_PASSAGE_IDS)
     if whole_wiki18:
         from .wiki18 import answer_passages
 

@@ -111,6 +111,15 @@ class AnswerIndex:
                 hits.update(i for i in candidates if _contains(self.tokens[i], ans))
         return sorted(hits)
 
+    def hits(self, answer_lists: Sequence[Sequence[str]], ids: Sequence[str],
+             max_ids: int) -> list[tuple[int, list[str]]]:
+        """Per answer list: how many passages hold an answer, and the `ids` of the first `max_ids`."""
+        out = []
+        for answers in answer_lists:
+            found = self.passages_with_answer(answers)
+            out.append((len(found), [ids[j] for j in found[:max_ids]]))
+        return out
+
     def any_passage_has_answer(self, answers: Sequence[str]) -> bool:
         """True if at least one indexed passage contains an answer."""
         return bool(self.passages_with_answer(answers))

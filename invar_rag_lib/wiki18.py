@@ -16,9 +16,7 @@ later build (pin it in `WIKI18_SHA256` once known, and the first fetch is checke
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
-import io
 import json
 import os
 import urllib.error
@@ -27,7 +25,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .io_utils import atomic_write_json
+from .integrity import IntegrityError
+from .io_utils import atomic_write_json, sha256_content
 from .paths import shown
 
 URL_PATH = "dpr/wikipedia_split/psgs_w100.tsv.gz"
@@ -52,15 +51,18 @@ def _stream(url: str, timeout: float = 60.0):
 def fetch_wiki18(dest: str | Path, mirror: str | None = None, rows: int | None = None,
                  sha256: str | None = None, force: bool = False, log=print) -> Path:
     """Download `psgs_w100.tsv.gz` into `dest/wiki18/`, verifying header, row count and (if pinned)
-    the content digest while it streams; a failed check leaves nothing behind. A verified file
-    already there is kept (its record names its digest). `rows` and `sha256` default to DPR's."""
+    the content digest while it streams; a failed check leaves nothing behind. A file already there
+    is kept after its content is re-hashed against the digest its fetch recorded. `rows` and
+    `sha256` default to DPR's."""
     rows, sha256 = rows or WIKI18_ROWS, sha256 or WIKI18_SHA256
     out = Path(dest) / "wiki18" / "psgs_w100.tsv.gz"
     record_path = out.with_name(RECORD)
     if not force and out.exists() and record_path.exists():
         rec = json.loads(record_path.read_text())
         if rec.get("bytes") == out.stat().st_size and (sha256 is None or rec.get("sha256_content") == sha256):
-            log(f"{shown(out)}: present ({rec['rows']:,} passages, content sha256 {rec['sha256_content'][:16]}…)")
+            check_recorded(out)  # kept only if its content still has the digest recorded when fetched
+            log(f"{shown(out)}: present and unchanged ({rec['rows']:,} passages, content sha256 "
+                f"{rec['sha256_content'][:16]}…)")
             return out
     url = f"{(mirror or ORIGIN).rstrip('/')}/{URL_PATH}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,23 +112,20 @@ def check_recorded(path: str | Path) -> dict:
     if not record_path.exists():
         raise Wiki18Error(f"{path}: no {RECORD} beside it; fetch it with `invar-rag data fetch --corpus wiki18`")
     rec = json.loads(record_path.read_text())
-    h = hashlib.sha256()
-    with gzip.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    if h.hexdigest() != rec["sha256_content"]:
-        raise Wiki18Error(f"{path}: content changed since it was fetched (sha256 {h.hexdigest()[:16]}…, recorded "
+    digest = sha256_content(path)
+    if digest != rec["sha256_content"]:
+        raise Wiki18Error(f"{path}: content changed since it was fetched (sha256 {digest[:16]}…, recorded "
                           f"{rec['sha256_content'][:16]}…); fetch it again with --force")
     return rec
 
 
 def iter_passages(path: str | Path) -> Iterator[dict]:
     """(id, title, text) of each row, in order; a malformed row is an error naming `path:line`."""
-    from .sources import clean_dpr_title
+    from .sources import _open_text, clean_dpr_title
 
     path = Path(path)
-    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
+    with _open_text(path) as lines:  # a truncated archive is named with the line where it stops
+        reader = csv.reader(lines, delimiter="\t")
         header = next(reader, None)
         if header != HEADER.split("\t"):
             raise Wiki18Error(f"{path}:1: header {header!r} is not DPR's {HEADER!r}")
@@ -171,13 +170,8 @@ def _scan_chunk(args) -> tuple[list[tuple[int, list[str]]], int]:
 
     part = datasets.load_from_disk(corpus_dir).select(range(lo, hi))
     texts, titles, ids = part["text"], part["title"], part["id"]
-    index = AnswerIndex(texts)
     found = sum((t, x) in r1 for t, x in zip(titles, texts)) if r1 else 0
-    out = []
-    for answers in answer_lists:
-        hits = index.passages_with_answer(answers)
-        out.append((len(hits), [ids[j] for j in hits[:max_ids]]))
-    return out, found
+    return AnswerIndex(texts).hits(answer_lists, ids, max_ids), found
 
 
 def answer_passages(corpus_dir: str | Path, answer_lists: Sequence[Sequence[str]], max_ids: int = 50,
@@ -236,6 +230,17 @@ def coverage(corpus_dir: str | Path, questions: Sequence[dict], r1_passages: Seq
             "search_r1_passages_found": {"found": found, "of": len(r1_passages)}}
 
 
+def _previous_build(root: Path) -> dict:
+    """The manifest of an earlier, complete Arrow build under `root` ({} when there is none)."""
+    from .integrity import read_sealed_json
+
+    try:
+        manifest = read_sealed_json(root / "manifest.json")
+    except IntegrityError:
+        return {}
+    return manifest if (root / "corpus" / "dataset_info.json").exists() else {}
+
+
 def prepare_wiki18(dest: str | Path | None = None, mirror: str | None = None, profile_name: str = "paper",
                    force: bool = False, rows: int | None = None, sha256: str | None = None,
                    workers: int | None = None, bench=None, log=print) -> dict:
@@ -247,11 +252,16 @@ def prepare_wiki18(dest: str | Path | None = None, mirror: str | None = None, pr
     from .paths import data_dir, find_sources, processed_dir
 
     dest = Path(dest) if dest else data_dir() / "sources"
-    path = fetch_wiki18(dest, mirror, rows=rows, sha256=sha256, force=force, log=log)
-    record = check_recorded(path)
+    path = fetch_wiki18(dest, mirror, rows=rows, sha256=sha256, force=force, log=log)  # verified either way
+    record = json.loads(path.with_name(RECORD).read_text())
     root = processed_dir("wiki18")
     root.mkdir(parents=True, exist_ok=True)
-    n = build_corpus(path, root / "corpus", log=log)
+    previous = _previous_build(root)
+    if not force and previous.get("source", {}).get("sha256_content") == record["sha256_content"]:
+        n = previous["passages"]
+        log(f"{shown(root / 'corpus')}: the Arrow build of this content is there ({n:,} passages); kept")
+    else:
+        n = build_corpus(path, root / "corpus", log=log)
     manifest: dict = {"source": record, "passages": n}
     if bench is None:
         try:

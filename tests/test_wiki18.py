@@ -165,3 +165,15 @@ def test_a_benchmark_built_on_wiki18_holds_it_whole_and_counts_answers_in_it(tmp
             assert r["metadata"]["n_answer_passages"] == len(index.passages_with_answer(r["golden_answers"]))
     canberra = [r for ds in bench.eval for r in bench.eval_records(ds) if "Canberra" in r["golden_answers"]]
     assert canberra and "wiki18:7" in canberra[0]["metadata"]["answer_passage_ids"]
+
+
+def test_a_second_prepare_keeps_the_arrow_build_of_the_same_content(tmp_path, mirror, isolated_home):
+    from invar_rag_lib.wiki18 import prepare_wiki18
+
+    url = mirror(_tsv())
+    prepare_wiki18(tmp_path / "src", url, rows=ROWS, workers=1, log=lambda *a: None)
+    said: list = []
+    manifest = prepare_wiki18(tmp_path / "src", url, rows=ROWS, workers=1, log=said.append)
+    assert manifest["passages"] == ROWS
+    assert any("present and unchanged" in s for s in said) and any("kept" in s for s in said)
+    assert not any("(Arrow)" in s for s in said)  # not streamed again
