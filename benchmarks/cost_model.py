@@ -29,10 +29,6 @@ WIKI18_PASSAGES = 21_015_324
 PASSAGE_TOKENS = 150  # 100 words + title, Llama tokenizer (DPR's passages: ~1.3-1.5 tokens per word)
 QUESTION_TOKENS = 20
 EVAL_QUESTIONS = 3 * 1000  # NQ, TriviaQA, PopQA at the paper profile's 1,000 each
-LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-             "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 
 
 def measure_cpu() -> dict:
@@ -86,7 +82,7 @@ def step_flops(profile, params: float, layers: int, hidden: int, train_questions
 def main() -> None:
     from invar_rag_lib.config import load_profile
     from invar_rag_lib.io_utils import atomic_write_text
-    from invar_rag_lib.llm.memory import GiB, estimate, model_config, model_shape
+    from invar_rag_lib.llm.memory import LLAMA2_7B_CONFIG, GiB, estimate, model_config, model_shape
     from invar_rag_lib.paths import repo_root
 
     ap = argparse.ArgumentParser()
@@ -101,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config_dir = args.config
         if not config_dir:
-            (Path(tmp) / "config.json").write_text(json.dumps(LLAMA2_7B))
+            (Path(tmp) / "config.json").write_text(json.dumps(LLAMA2_7B_CONFIG))
             config_dir = tmp
         profile = load_profile("paper", overrides={"retriever.backbone": config_dir, "retriever.index": "ivfpq"})
         import torch

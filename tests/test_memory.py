@@ -7,12 +7,9 @@ import pytest
 import torch
 
 from invar_rag_lib.config import ConfigError, load_profile
-from invar_rag_lib.llm.memory import GiB, estimate, model_config, model_shape
+from invar_rag_lib.llm.memory import LLAMA2_7B_CONFIG, GiB, estimate, model_config, model_shape
 
-LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-             "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+LLAMA2_7B = LLAMA2_7B_CONFIG
 
 
 @pytest.fixture

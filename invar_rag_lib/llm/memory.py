@@ -28,6 +28,11 @@ from pathlib import Path
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Llama-2-7B's config.json (the paper's backbone): enough to size it on the meta device without its weights
+LLAMA2_7B_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+                    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+                    "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
 GiB = 1024 ** 3
 
 
