@@ -231,6 +231,18 @@ def tiny_profile_dict(reports_dir: Path) -> dict:
             "retrieval": {"ks": [1, 2, 3], "bootstrap_resamples": 50}}
 
 
+def full_mode_profile(tmp_path: Path, retriever: dict | None = None, stage1: dict | None = None):
+    """The tiny profile with the tiny random Llama retrieving over the whole corpus (the gpu profile's
+    `retriever.mode = "full"`), LoRA on every layer, passages read in windows of 12 tokens."""
+    from invar_rag_lib.config import profile_from_dict
+
+    values = tiny_profile_dict(tmp_path / "reports")
+    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
+                           "mode": "full", **(retriever or {})}
+    values["stage1"] = {"windows": [12], **(stage1 or {})}
+    return profile_from_dict(values)
+
+
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):

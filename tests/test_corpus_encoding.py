@@ -132,18 +132,13 @@ def test_full_search_reads_the_sharded_encoding_of_its_own_value(built_tiny, tmp
     """After `encode_corpus` (what `invar-rag encode-corpus` runs), `search` ranks from the merged
     float32-stored encoding exactly as from reps computed in the process; another value (other
     adapter weights) does not pick it up."""
-    from conftest import tiny_profile_dict
+    from conftest import full_mode_profile
 
-    from invar_rag_lib.config import profile_from_dict
     from invar_rag_lib.llm.backbone import RETRIEVER, Backbone
     from invar_rag_lib.llm.retriever import LLMRetriever
 
     _, bench = built_tiny
-    values = tiny_profile_dict(tmp_path / "reports")
-    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
-                           "mode": "full"}
-    values["stage1"] = {"windows": [12]}
-    profile = profile_from_dict(values)
+    profile = full_mode_profile(tmp_path)
     said: list = []
     backbone = Backbone.from_profile(profile, log=said.append)
     stage = LLMRetriever.from_profile(backbone, profile, bench.passages(), weights=backbone.initial[RETRIEVER])
@@ -184,7 +179,7 @@ def test_the_coarse_stage_reads_minilms_sharded_encoding(built_tiny, tmp_path):
 
 
 def test_a_corpus_too_large_for_one_process_is_refused_with_the_command_to_run(built_tiny, tmp_path, monkeypatch):
-    from conftest import tiny_profile_dict
+    from conftest import full_mode_profile, tiny_profile_dict
 
     from invar_rag_lib.config import profile_from_dict
     from invar_rag_lib.llm.backbone import Backbone
@@ -197,10 +192,7 @@ def test_a_corpus_too_large_for_one_process_is_refused_with_the_command_to_run(b
     profile = profile_from_dict(tiny_profile_dict(tmp_path / "reports"))
     with pytest.raises(RuntimeError, match="encode-corpus --profile tiny --variant minilm"):
         coarse.CoarseStage(profile, bench, log=lambda *a: None)
-    values = tiny_profile_dict(tmp_path / "reports")
-    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "mode": "full"}
-    values["stage1"] = {"windows": [12]}
-    profile = profile_from_dict(values)
+    profile = full_mode_profile(tmp_path, {"lora_layers": 2})
     stage = LLMRetriever.from_profile(Backbone.from_profile(profile, log=lambda *a: None), profile, bench.passages(),
                                       name="invar")
     with pytest.raises(RuntimeError, match="encode-corpus --variant invar"):
@@ -210,19 +202,14 @@ def test_a_corpus_too_large_for_one_process_is_refused_with_the_command_to_run(b
 def test_a_value_builds_its_search_index_once(built_tiny, tmp_path, monkeypatch):
     """Searching once per dataset and per rewrite must not re-train an approximate index of millions
     of passages each time: a value keeps the index its first search built (and logs its recall once)."""
-    from conftest import tiny_profile_dict
+    from conftest import full_mode_profile
 
-    from invar_rag_lib.config import profile_from_dict
     from invar_rag_lib.llm.backbone import Backbone
     from invar_rag_lib.llm.retriever import LLMRetriever
     from invar_rag_lib.retrieval import dense
 
     _, bench = built_tiny
-    values = tiny_profile_dict(tmp_path / "reports")
-    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
-                           "mode": "full", "index": "hnsw"}
-    values["stage1"] = {"windows": [12]}
-    profile = profile_from_dict(values)
+    profile = full_mode_profile(tmp_path, {"index": "hnsw"})
     built = []
     real = dense.DenseRetriever.__init__
 

@@ -98,18 +98,13 @@ def test_in_memory_trunk_cache_writes_nothing(tmp_path):
 
 def test_full_search_equals_a_rerank_of_the_whole_corpus(built_tiny, tmp_path):
     """`LLMRetriever.search` (the gpu profile's retrieval) ranks as `rerank` over every passage."""
-    from conftest import tiny_profile_dict
+    from conftest import full_mode_profile
 
-    from invar_rag_lib.config import profile_from_dict
     from invar_rag_lib.llm.backbone import RETRIEVER, Backbone
     from invar_rag_lib.llm.retriever import LLMRetriever
 
     _, bench = built_tiny
-    values = tiny_profile_dict(tmp_path / "reports")
-    values["retriever"] = {"backbone": "tiny-random", "max_len": 24, "query_max_len": 16, "lora_layers": 0,
-                           "mode": "full"}
-    values["stage1"] = {"windows": [12]}
-    profile = profile_from_dict(values)
+    profile = full_mode_profile(tmp_path)
     backbone = Backbone.from_profile(profile, log=lambda *a: None)
     stage = LLMRetriever.from_profile(backbone, profile, bench.passages(), weights=backbone.initial[RETRIEVER])
     qs = bench.eval_records("nq")
