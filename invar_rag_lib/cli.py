@@ -130,16 +130,14 @@ def _train_retriever(args) -> None:
 
 def _encode_corpus(args) -> None:
     from .data import load_benchmark
-    from .paths import data_dir
     from .stage1.experiment import train_variant
     from .stage1.prepare import prepare
     from .stage1.variants import variant_objectives
 
     profile = load_profile(args.profile)
-    objectives = variant_objectives(profile)
-    if args.variant not in ("minilm", "llm-zero") and args.variant not in objectives:
-        raise ValueError(f"unknown variant {args.variant!r}; valid variants are "
-                         f"{['minilm', 'llm-zero', *sorted(objectives)]}")
+    objectives = {"llm-zero": None, **variant_objectives(profile)}  # None: the frozen model, nothing to train
+    if args.variant != "minilm" and args.variant not in objectives:
+        raise ValueError(f"unknown variant {args.variant!r}; valid variants are {['minilm', *sorted(objectives)]}")
     bench = load_benchmark(profile.name)
     if args.variant == "minilm":
         from .retrieval.coarse import encode_corpus_minilm
@@ -148,13 +146,9 @@ def _encode_corpus(args) -> None:
         print(f"encoded minilm: {reps.shape[0]} passages x {reps.shape[1]} ({profile.retriever.rep_dtype}); the "
               "coarse stage reads it")
         return
-    prepared = prepare(profile, bench)
-    if args.variant == "llm-zero":
-        retriever = prepared.retriever()
-    else:
-        out = data_dir() / "checkpoints" / profile.name / "retriever" / args.variant
-        retriever, _ = train_variant(profile, bench, prepared, args.variant, objectives[args.variant], reuse=True,
-                                     out_dir=out)
+    # notebook 04's function and checkpoint folder: a finished checkpoint is reused, a missing one trained
+    retriever, _ = train_variant(profile, bench, prepare(profile, bench), args.variant, objectives[args.variant],
+                                 reuse=True)
     rc = profile.retriever
     reps = retriever.encode_corpus(shard_size=rc.encode_shard_size, dtype=rc.rep_dtype)
     print(f"encoded {args.variant}: {reps.shape[0]} passages x {reps.shape[1]} ({rc.rep_dtype}) in "
